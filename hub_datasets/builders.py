@@ -1,0 +1,234 @@
+"""``datasets.GeneratorBasedBuilder`` for the MACHO, Alcock and ATLAS surveys, reading every layout of
+:mod:`hub_datasets.raw_layouts` from a local folder, a ``file://`` URL, or an archive URL (via ``dl_manager``).
+
+Usage::
+
+    from hub_datasets.builders import AlcockBuilder
+    builder = AlcockBuilder(data_dir="file:///data/alcock", cache_dir="/tmp/cache")   # layout auto-detected
+    builder.download_and_prepare()
+    train = builder.as_dataset("train")
+    print(builder.cleaning_reports["train"].summary())
+
+Splits: the raw and parquet layouts give one ``train`` split holding the whole catalogue (make the few-shot folds
+with :func:`hub_datasets.folds.make_fewshot_splits`); the parquet layout with ``fold=k`` and the tfrecord layout
+with ``train``/``validation``/``val``/``test`` folders give those splits. Features: :mod:`hub_datasets.schema`.
+
+Labels (``ClassLabel``, published names, alphabetical codes):
+
+* Alcock: ``Cep_0, Cep_1, EC, LPV, RRab, RRc``; ``LPV WoodA``–``WoodD`` merge into ``LPV``; ``UNK``, ``std`` and
+  ``Dubious`` are removed and counted in ``cleaning_reports[split].curves_removed_by_class``.
+* ATLAS: ``CB, DB, Mira, Other, Pulse``; Heinze classes are merged with the *inferred* map
+  :data:`hub_datasets.schema.HEINZE_TO_ATLAS`; ``Dubious`` is removed.
+* MACHO (pretraining, unlabelled): ``label = -1`` unless the source has a ``Class``, which then uses the Alcock names.
+
+Config options (all part of the cache fingerprint): ``layout`` (``auto|raw|parquet|tfrecord``), ``fold`` (parquet
+``subset_<k>`` → splits), the cleaning options of :class:`hub_datasets.cleaning.CleaningOptions` (``clean``,
+``err_min``, ``err_max``, ``min_observations``, ``sort_times``, ``clip_quantiles``), ``default_band``, and
+``on_error``: ``"raise"`` (default) stops at the first bad file/row/label with a message naming it; ``"skip"`` skips
+that whole curve, records ``(origin, reason)`` in the report and logs the count.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+from datasets.exceptions import DatasetGenerationError
+
+from hub_datasets.cleaning import BadLightCurveError, CleaningOptions, CleaningReport, clean_light_curve
+from hub_datasets.raw_layouts import LayoutError, RawLightCurve, detect_layout, iter_layout, split_of_path
+from hub_datasets.schema import (
+    ALCOCK_CLASSES,
+    ATLAS_CLASSES,
+    UnknownLabelError,
+    light_curve_features,
+    normalise_alcock_class,
+    normalise_atlas_class,
+)
+
+logger = logging.getLogger(__name__)
+
+_SPLIT_ORDER = ("train", "validation", "test")
+
+
+@dataclass
+class SurveyBuilderConfig(datasets.BuilderConfig):
+    """Builder options; ``data_dir`` is the survey folder (local path, ``file://`` URL, or archive URL)."""
+
+    layout: str = "auto"
+    fold: int | None = None
+    clean: bool = True
+    err_min: float = 0.0
+    err_max: float = 1.0
+    min_observations: int = 5
+    sort_times: bool = True
+    clip_quantiles: tuple[float, float] | None = None
+    default_band: str = "unknown"
+    on_error: str = "raise"
+
+    def cleaning_options(self) -> CleaningOptions:
+        """The :class:`CleaningOptions` these settings describe."""
+        return CleaningOptions(
+            clean=self.clean,
+            err_min=self.err_min,
+            err_max=self.err_max,
+            min_observations=self.min_observations,
+            sort_times=self.sort_times,
+            clip_quantiles=tuple(self.clip_quantiles) if self.clip_quantiles is not None else None,
+        )
+
+
+class _SurveyBuilder(datasets.GeneratorBasedBuilder):
+    """Shared logic; subclasses set the class names, label normaliser, default band and description."""
+
+    BUILDER_CONFIG_CLASS = SurveyBuilderConfig
+    CLASS_NAMES: tuple[str, ...] = ()
+    DEFAULT_BAND = "unknown"
+    DESCRIPTION = ""
+    normalise_class: Callable[[str], str | None] = staticmethod(normalise_alcock_class)
+    LABEL_REQUIRED = True
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("default_band", self.DEFAULT_BAND)
+        super().__init__(*args, **kwargs)
+        if self.config.on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {self.config.on_error!r}")
+        #: Per-split :class:`CleaningReport`, filled while ``download_and_prepare`` runs.
+        self.cleaning_reports: dict[str, CleaningReport] = {}
+
+    def download_and_prepare(self, *args, **kwargs) -> None:
+        """As ``datasets``, but a bad file/row/label surfaces as its own error (naming file and row) instead of
+        being wrapped in ``DatasetGenerationError``."""
+        try:
+            super().download_and_prepare(*args, **kwargs)
+        except DatasetGenerationError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, (LayoutError, BadLightCurveError, UnknownLabelError, FileNotFoundError)):
+                raise cause from None
+            raise
+
+    def _info(self) -> datasets.DatasetInfo:
+        return datasets.DatasetInfo(
+            description=self.DESCRIPTION, features=light_curve_features(self.CLASS_NAMES)
+        )
+
+    def _split_generators(self, dl_manager: datasets.DownloadManager) -> list[datasets.SplitGenerator]:
+        if not self.config.data_dir:
+            raise ValueError(f"{type(self).__name__}: pass data_dir= (a folder, file:// URL or archive URL)")
+        local = Path(dl_manager.download(self.config.data_dir))
+        root = (
+            local if local.is_dir() else Path(dl_manager.extract(str(local)))
+        )  # folders as is, archives extracted
+        if not root.is_dir():
+            raise LayoutError(f"{self.config.data_dir}: not a folder or an archive that extracts to one")
+        layout = detect_layout(root) if self.config.layout == "auto" else self.config.layout
+        if layout == "tfrecord":
+            splits = {split_of_path(p, root) for p in root.rglob("*.record")}
+        elif layout == "parquet" and self.config.fold is not None:
+            splits = set(_SPLIT_ORDER)
+        else:
+            splits = {"train"}
+        return [
+            datasets.SplitGenerator(
+                name=name, gen_kwargs={"root": str(root), "layout": layout, "split": name}
+            )
+            for name in _SPLIT_ORDER
+            if name in splits
+        ]
+
+    def _label_of(self, curve: RawLightCurve) -> tuple[int | None, bool]:
+        """``(label code or -1, keep)``; raises :class:`UnknownLabelError` naming the curve's origin."""
+        if curve.raw_class is None or curve.raw_class == "":
+            if curve.raw_label is not None:
+                if not 0 <= curve.raw_label < len(self.CLASS_NAMES):
+                    raise UnknownLabelError(f"{curve.origin}: label code {curve.raw_label} out of range")
+                return curve.raw_label, True
+            if self.LABEL_REQUIRED:
+                raise UnknownLabelError(f"{curve.origin}: no Class for this object")
+            return -1, True
+        try:
+            name = type(self).normalise_class(curve.raw_class)
+        except UnknownLabelError as exc:
+            raise UnknownLabelError(f"{curve.origin}: {exc}") from None
+        if name is None:
+            return None, False
+        return self.CLASS_NAMES.index(name), True
+
+    def _generate_examples(self, root: str, layout: str, split: str) -> Iterator[tuple[int, dict]]:
+        options = self.config.cleaning_options()
+        report = self.cleaning_reports.setdefault(split, CleaningReport())
+        key = 0
+        for curve in iter_layout(root, layout=layout, fold=self.config.fold):
+            if curve.split != split:
+                continue
+            report.curves_read += 1
+            try:
+                if curve.error is not None:
+                    raise LayoutError(curve.error)
+                label, keep = self._label_of(curve)
+                if not keep:
+                    report.curves_removed_by_class[curve.raw_class] += 1
+                    continue
+                if curve.raw_class is not None and curve.raw_class not in self.CLASS_NAMES:
+                    report.curves_relabelled[curve.raw_class] += 1
+                cleaned = clean_light_curve(curve, options, report)
+            except (UnknownLabelError, BadLightCurveError, LayoutError) as exc:
+                if self.config.on_error == "raise":
+                    raise
+                report.skipped.append((curve.origin, str(exc)))
+                continue
+            if cleaned is None:
+                continue
+            time, mag, err = cleaned
+            report.curves_kept += 1
+            yield (
+                key,
+                {
+                    "id": curve.id,
+                    "time": time,
+                    "mag": mag,
+                    "err": err,
+                    "band": curve.band or self.config.default_band,
+                    "label": label,
+                },
+            )
+            key += 1
+        logger.warning("%s %s split: %s", type(self).__name__, split, report.summary())
+
+
+class AlcockBuilder(_SurveyBuilder):
+    """Alcock et al. labelled MACHO R-band variables: 21,444 raw → 20,894 curves in 6 classes."""
+
+    CLASS_NAMES = ALCOCK_CLASSES
+    DEFAULT_BAND = "R"
+    DESCRIPTION = "Alcock et al. MACHO variable stars (R band), classes Cep_0, Cep_1, EC, LPV, RRab, RRc."
+    normalise_class = staticmethod(normalise_alcock_class)
+
+
+class AtlasBuilder(_SurveyBuilder):
+    """ATLAS variables (Heinze et al. 2018) in 5 merged classes; the filter (c or o) is not stated upstream."""
+
+    CLASS_NAMES = ATLAS_CLASSES
+    DEFAULT_BAND = "unknown"
+    DESCRIPTION = "ATLAS variable stars (Heinze et al. 2018), merged classes CB, DB, Mira, Other, Pulse."
+    normalise_class = staticmethod(normalise_atlas_class)
+
+
+class MachoBuilder(_SurveyBuilder):
+    """MACHO R-band pretraining light curves (unlabelled: ``label = -1`` unless the source gives a Class)."""
+
+    CLASS_NAMES = ALCOCK_CLASSES
+    DEFAULT_BAND = "R"
+    DESCRIPTION = "MACHO LMC R-band light curves for self-supervised pretraining (instrumental magnitudes)."
+    normalise_class = staticmethod(normalise_alcock_class)
+    LABEL_REQUIRED = False
+
+
+BUILDERS: dict[str, type[_SurveyBuilder]] = {
+    "macho": MachoBuilder,
+    "alcock": AlcockBuilder,
+    "atlas": AtlasBuilder,
+}

