@@ -1,0 +1,363 @@
+"""``torch.library`` custom ops around the Triton varlen-attention kernels, plus dispatch and the SDPA fallback.
+
+Public entry point: :func:`varlen_attention`. Dispatch:
+
+* CUDA tensors (fp16/bf16/fp32) and a working Triton -> the compiled kernels (autotuned);
+* ``TRITON_INTERPRET=1`` and CPU tensors -> the same kernels under Triton's interpreter (CI, fp64 for gradcheck);
+* anything else -> :func:`~astromer_kernels.attention.reference.varlen_attention_padded_sdpa` (padded SDPA).
+
+Ops: ``astromer::varlen_attn_fwd(q, k, v, cu_seqlens, max_seqlen, key_bias, softmax_scale) -> (o, lse)`` and
+``astromer::varlen_attn_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, key_bias, softmax_scale) -> (dq, dk, dv)``,
+each with a fake (meta) implementation; the forward op has an autograd formula that calls the backward op, so both
+work under ``torch.compile(fullgraph=True)``. Eager calls use an equivalent ``autograd.Function`` on the same
+launchers, which saves the dispatcher's host overhead.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from .reference import varlen_attention_padded_sdpa
+
+try:
+    import triton
+
+    from . import triton_varlen as _tk
+
+    HAS_TRITON = True
+except ImportError:  # triton is optional (the `triton` extra)
+    triton = None  # type: ignore[assignment]
+    _tk = None  # type: ignore[assignment]
+    HAS_TRITON = False
+
+INTERPRETING: bool = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+#: Block sizes used when the kernels are not autotuned (interpreter). Tests may shrink them to exercise
+#: multi-block paths on short sequences; 64 balances interpreter speed and coverage.
+UNTUNED_CONFIG: dict[str, int] = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK": 64}
+
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def kernel_available(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether :func:`varlen_attention` runs the Triton kernels (compiled or interpreted) for this device/dtype."""
+    if not HAS_TRITON:
+        return False
+    if INTERPRETING:
+        return device.type == "cpu" and dtype in (*_KERNEL_DTYPES, torch.float64)
+    return device.type == "cuda" and dtype in _KERNEL_DTYPES
+
+
+def _next_pow2(x: int, minimum: int) -> int:
+    return max(minimum, 1 << max(int(x) - 1, 0).bit_length())
+
+
+def _input_precision(dtype: torch.dtype) -> str:
+    """fp32 dots honour ``torch.set_float32_matmul_precision`` (``"highest"`` -> IEEE fp32, else TF32)."""
+    if dtype == torch.float32 and not INTERPRETING and torch.get_float32_matmul_precision() != "highest":
+        return "tf32"
+    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
+
+
+def _acc_dtype(dtype: torch.dtype):
+    return _tk.tl.float64 if dtype == torch.float64 else _tk.tl.float32
+
+
+def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Row statistics (lse, delta) are fp32, fp64 for fp64 inputs (gradcheck)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _unit_last_stride(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _interpreter_upcast(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """The interpreter computes bf16 on raw bits (triton#4972); run it on fp32 copies instead."""
+    if INTERPRETING:
+        return [t.float() if t is not None and t.dtype == torch.bfloat16 else t for t in tensors]
+    return list(tensors)
+
+
+_TUNED: dict[tuple, dict] = {}
+
+
+def _pick_config(kind: str, key: tuple, configs: list[dict], launch) -> dict:
+    """Benchmark ``configs`` once per ``key`` on the real arguments (CUDA only) and cache the fastest.
+
+    A hand-rolled cache instead of ``triton.autotune``: after the first call a launch is a plain ``kernel[grid]``
+    (the autotuner's per-call bookkeeping costs tens of microseconds, comparable to the kernel at L <= 200).
+    """
+    cache_key = (kind, *key)
+    best = _TUNED.get(cache_key)
+    if best is not None:
+        return best
+    if not _tk.AUTOTUNE or len(configs) == 1 or os.environ.get("ASTROMER_KERNELS_AUTOTUNE", "1") == "0":
+        best = configs[0]  # tuning off (e.g. in tests: every new shape bucket would cost 8 compilations)
+    else:
+        from triton.testing import do_bench
+
+        timings = []
+        for cfg in configs:
+            try:
+                timings.append((do_bench(lambda c=cfg: launch(c), warmup=5, rep=20, return_mode="median"), cfg))
+            except Exception:  # noqa: BLE001 - a config the compiler rejects (e.g. out of shared memory) is skipped
+                continue
+        if not timings:
+            raise RuntimeError(f"no {kind} kernel configuration compiled for {key}")
+        best = min(timings, key=lambda t: t[0])[1]
+    _TUNED[cache_key] = best
+    return best
+
+
+def _launch_fwd(q, k, v, cu_seqlens, max_seqlen, key_bias, scale):
+    total, heads, head_dim = q.shape
+    num_seq = cu_seqlens.numel() - 1
+    o = torch.empty((total, heads, v.shape[-1]), dtype=q.dtype, device=q.device)
+    lse = torch.empty((heads, total), dtype=_stats_dtype(q.dtype), device=q.device)
+    if total == 0 or num_seq == 0 or max_seqlen <= 0:
+        lse.fill_(float("inf"))
+        return o.zero_(), lse
+    q, k, v = (_unit_last_stride(t) for t in (q, k, v))
+    bias = key_bias if key_bias is not None else lse  # dummy pointer, never read when HAS_BIAS is False
+    bucket = _next_pow2(max_seqlen, 16)
+    meta = dict(
+        HAS_BIAS=key_bias is not None,
+        BLOCK_D=_next_pow2(head_dim, 16),
+        ACC=_acc_dtype(q.dtype),
+        INPUT_PRECISION=_input_precision(q.dtype),
+    )
+
+    def launch(cfg):
+        grid = (triton.cdiv(max_seqlen, cfg["BLOCK_M"]), num_seq * heads)
+        _tk.varlen_fwd_kernel[grid](
+            q, k, v, o, lse, bias, cu_seqlens,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1),
+            lse.stride(0), heads, head_dim, scale * _tk.LOG2E,
+            **meta, **cfg,
+        )
+
+    configs = _tk.FWD_CONFIGS if _tk.AUTOTUNE else [dict(BLOCK_M=UNTUNED_CONFIG["BLOCK_M"],
+                                                          BLOCK_N=UNTUNED_CONFIG["BLOCK_N"])]
+    launch(_pick_config("fwd", (q.dtype, head_dim, bucket, *meta.values()), configs, launch))
+    return o, lse
+
+
+def _launch_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, key_bias, scale):
+    total, heads, head_dim = q.shape
+    num_seq = cu_seqlens.numel() - 1
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    if total == 0 or num_seq == 0 or max_seqlen <= 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    do, q, k, v, o = (_unit_last_stride(t) for t in (do, q, k, v, o))
+    block_d = _next_pow2(head_dim, 16)
+    acc = _acc_dtype(q.dtype)
+    delta = torch.empty((heads, total), dtype=_stats_dtype(q.dtype), device=q.device)
+    block_t = 64
+    _tk.varlen_bwd_preprocess_kernel[(triton.cdiv(total, block_t), heads)](
+        o, do, delta, o.stride(0), o.stride(1), do.stride(0), do.stride(1), delta.stride(0),
+        total, head_dim, BLOCK_T=block_t, BLOCK_D=block_d, ACC=acc,
+    )
+    bias = key_bias if key_bias is not None else lse
+    bucket = _next_pow2(max_seqlen, 16)
+    meta = dict(
+        HAS_BIAS=key_bias is not None,
+        BLOCK_D=block_d,
+        ACC=acc,
+        INPUT_PRECISION=_input_precision(q.dtype),
+    )
+
+    def launch(cfg):
+        grid = (triton.cdiv(max_seqlen, cfg["BLOCK"]), num_seq * heads)
+        _tk.varlen_bwd_kernel[grid](
+            q, k, v, do, lse, delta, bias, cu_seqlens, dq, dk, dv,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0),
+            do.stride(1), dq.stride(0), dq.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
+            lse.stride(0), heads, head_dim, scale, scale * _tk.LOG2E,
+            **meta, **cfg,
+        )
+
+    configs = _tk.BWD_CONFIGS if _tk.AUTOTUNE else [dict(BLOCK=UNTUNED_CONFIG["BLOCK"])]
+    launch(_pick_config("bwd", (q.dtype, head_dim, bucket, *meta.values()), configs, launch))
+    return dq, dk, dv
+
+
+def _require_kernel(q: torch.Tensor) -> None:
+    if not kernel_available(q.device, q.dtype):
+        raise RuntimeError(
+            f"astromer::varlen_attn ops need Triton with a CUDA tensor (fp16/bf16/fp32) or TRITON_INTERPRET=1 with a "
+            f"CPU tensor; got device={q.device}, dtype={q.dtype}, triton installed={HAS_TRITON}. "
+            "Use astromer_kernels.varlen_attention, which falls back to padded SDPA."
+        )
+
+
+@torch.library.custom_op("astromer::varlen_attn_fwd", mutates_args=())
+def varlen_attn_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    key_bias: torch.Tensor | None,
+    softmax_scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward kernel: returns ``o`` ``(T, H, D)`` (contiguous, dtype of q) and ``lse`` ``(H, T)`` (fp32; fp64 for fp64 inputs)."""
+    _require_kernel(q)
+    out_dtype = q.dtype
+    q, k, v, key_bias = _interpreter_upcast(q, k, v, key_bias)
+    o, lse = _launch_fwd(q, k, v, cu_seqlens, max_seqlen, key_bias, softmax_scale)
+    return o.to(out_dtype), lse
+
+
+@varlen_attn_fwd.register_fake
+def _(q, k, v, cu_seqlens, max_seqlen, key_bias, softmax_scale):
+    o = q.new_empty((q.shape[0], q.shape[1], v.shape[-1]))
+    lse = q.new_empty((q.shape[1], q.shape[0]), dtype=_stats_dtype(q.dtype))
+    return o, lse
+
+
+@torch.library.custom_op("astromer::varlen_attn_bwd", mutates_args=())
+def varlen_attn_bwd(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    key_bias: torch.Tensor | None,
+    softmax_scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward kernel: ``(dq, dk, dv)`` with the shapes and dtypes of ``q, k, v`` (contiguous)."""
+    _require_kernel(q)
+    dtypes = (q.dtype, k.dtype, v.dtype)
+    do, q, k, v, o, key_bias = _interpreter_upcast(do, q, k, v, o, key_bias)
+    grads = _launch_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, key_bias, softmax_scale)
+    return tuple(g.to(dt) for g, dt in zip(grads, dtypes))  # type: ignore[return-value]
+
+
+@varlen_attn_bwd.register_fake
+def _(do, q, k, v, o, lse, cu_seqlens, max_seqlen, key_bias, softmax_scale):
+    return (torch.empty_like(q, memory_format=torch.contiguous_format),
+            torch.empty_like(k, memory_format=torch.contiguous_format),
+            torch.empty_like(v, memory_format=torch.contiguous_format))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, cu_seqlens, max_seqlen, key_bias, softmax_scale = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse, cu_seqlens, key_bias)
+    ctx.max_seqlen = max_seqlen
+    ctx.softmax_scale = softmax_scale
+
+
+def _backward(ctx, grad_o, grad_lse):
+    q, k, v, o, lse, cu_seqlens, key_bias = ctx.saved_tensors
+    if grad_o is None:
+        return None, None, None, None, None, None, None
+    dq, dk, dv = varlen_attn_bwd(grad_o, q, k, v, o, lse, cu_seqlens, ctx.max_seqlen, key_bias, ctx.softmax_scale)
+    return dq, dk, dv, None, None, None, None
+
+
+varlen_attn_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _VarlenAttention(torch.autograd.Function):
+    """Eager-mode autograd wrapper: the same launchers as the custom ops, without the dispatcher round trips
+    (about 100 us of host time per forward+backward, as much as the kernels themselves at small sizes)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu_seqlens, max_seqlen, key_bias, scale):
+        out_dtype = q.dtype
+        q32, k32, v32, kb = _interpreter_upcast(q, k, v, key_bias)
+        o, lse = _launch_fwd(q32, k32, v32, cu_seqlens, max_seqlen, kb, scale)
+        o = o.to(out_dtype)
+        ctx.save_for_backward(q, k, v, o, lse, cu_seqlens, key_bias)
+        ctx.max_seqlen, ctx.scale = max_seqlen, scale
+        return o
+
+    @staticmethod
+    def backward(ctx, grad_o):
+        q, k, v, o, lse, cu_seqlens, key_bias = ctx.saved_tensors
+        dtypes = (q.dtype, k.dtype, v.dtype)
+        args = _interpreter_upcast(grad_o, q, k, v, o, key_bias)
+        grads = _launch_bwd(*args[:5], lse, cu_seqlens, ctx.max_seqlen, args[5], ctx.scale)
+        dq, dk, dv = (g.to(dt) for g, dt in zip(grads, dtypes))
+        return dq, dk, dv, None, None, None, None
+
+
+def _validate(q, k, v, cu_seqlens, max_seqlen, key_bias) -> None:
+    if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
+        raise ValueError(f"q, k, v must be (total_tokens, heads, head_dim); got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape != k.shape or q.shape[:2] != v.shape[:2]:
+        raise ValueError(f"q and k must have equal shapes and v the same (tokens, heads); got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype) or not q.is_floating_point():
+        raise ValueError(f"q, k, v must share one floating dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 1:
+        raise ValueError(f"cu_seqlens must be a 1-D int32 tensor of length n+1 >= 1; got dtype {cu_seqlens.dtype}, "
+                         f"shape {tuple(cu_seqlens.shape)}")
+    if cu_seqlens.device != q.device:
+        raise ValueError(f"cu_seqlens is on {cu_seqlens.device} but q is on {q.device}")
+    if key_bias is not None:
+        if key_bias.shape != (q.shape[0],) or not key_bias.is_floating_point():
+            raise ValueError(f"key_bias must be a float tensor of shape (total_tokens,) = ({q.shape[0]},); got "
+                             f"{key_bias.dtype} {tuple(key_bias.shape)}")
+        if key_bias.device != q.device:
+            raise ValueError(f"key_bias is on {key_bias.device} but q is on {q.device}")
+    if not isinstance(max_seqlen, int) or max_seqlen < 0:
+        raise ValueError(f"max_seqlen must be a non-negative int; got {max_seqlen!r}")
+    # Value checks need the data on the host: only done for CPU tensors (no device sync) outside compilation.
+    if cu_seqlens.device.type == "cpu" and not torch.compiler.is_compiling():
+        cu = cu_seqlens.long()
+        lengths = cu[1:] - cu[:-1]
+        if int(cu[0]) != 0 or bool((lengths < 0).any()) or int(cu[-1]) != q.shape[0]:
+            raise ValueError(f"cu_seqlens must start at 0, be non-decreasing and end at total_tokens={q.shape[0]}; "
+                             f"got {cu_seqlens.tolist()[:8]}{'...' if cu.numel() > 8 else ''} ending at {int(cu[-1])}")
+        longest = int(lengths.max()) if lengths.numel() else 0
+        if longest > max_seqlen:
+            raise ValueError(f"max_seqlen={max_seqlen} is smaller than the longest sequence ({longest} tokens)")
+
+
+def varlen_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    key_bias: torch.Tensor | None = None,
+    softmax_scale: float | None = None,
+) -> torch.Tensor:
+    """Block-diagonal attention over packed variable-length sequences.
+
+    Args:
+        q, k, v: ``(T, H, D)`` packed tokens of all sequences (strided views, e.g. of one fused QKV projection
+            output, are accepted as long as the last dimension has unit stride).
+        cu_seqlens: int32 ``(n + 1,)``; sequence ``b`` is tokens ``cu_seqlens[b]:cu_seqlens[b+1]``. Zero-length
+            sequences are allowed; ``cu_seqlens[0] == 0`` and ``cu_seqlens[-1] == T`` are required (checked for CPU
+            tensors; on GPU tokens beyond ``cu_seqlens[-1]`` would be left unwritten).
+        max_seqlen: an upper bound of the sequence lengths (a static value such as the window size 200 avoids
+            recompilation).
+        key_bias: optional float ``(T,)`` added to every score whose key is that token: ``-inf`` hides the key,
+            finite values (Astromer 2 uses -1e9) bias it. Receives no gradient.
+        softmax_scale: defaults to ``D ** -0.5``.
+
+    Returns:
+        ``(T, H, D)`` in the dtype of ``q``. A query row whose sequence has no visible key (every key ``-inf``)
+        yields 0 and zero gradients. Differentiable in q, k, v; the backward is deterministic (no atomics).
+    """
+    _validate(q, k, v, cu_seqlens, max_seqlen, key_bias)
+    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    if kernel_available(q.device, q.dtype):
+        if torch.compiler.is_compiling():
+            o, _ = varlen_attn_fwd(q, k, v, cu_seqlens, max_seqlen, key_bias, scale)
+            return o
+        return _VarlenAttention.apply(q, k, v, cu_seqlens, max_seqlen, key_bias, scale)
+    return varlen_attention_padded_sdpa(q, k, v, cu_seqlens, max_seqlen, key_bias, scale)

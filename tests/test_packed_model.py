@@ -1,0 +1,233 @@
+"""The packed (varlen) model path: packing collator, and the whole Astromer 2 model packed vs padded.
+
+Packed runs use ``attn_implementation="astromer_varlen"`` (the Triton kernel, under the interpreter on CPU); padded
+runs use ``sdpa``. Outputs at real positions, the loss and every parameter gradient must agree within fp32 tolerance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import modeling_astromer  # noqa: F401  (registers astromer_varlen)
+from astromer_kernels.attention import ops
+from modeling_astromer import (
+    AstromerConfig,
+    AstromerForMaskedReconstruction,
+    AstromerForSequenceClassification,
+    AstromerMaskingCollator,
+)
+from modeling_astromer.packing import AstromerPackingCollator, token_budget_batches
+
+needs_kernel = pytest.mark.skipif(not ops.kernel_available(torch.device("cpu"), torch.float32)
+                                  and not torch.cuda.is_available(), reason="Triton kernel backend not available")
+
+
+def synthetic_windows(lengths, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    windows = []
+    for length in lengths:
+        t = torch.sort(torch.rand(length, generator=gen, dtype=torch.float64) * 900).values
+        m = 0.3 * torch.sin(t / 7.0) + 0.05 * torch.randn(length, generator=gen, dtype=torch.float64)
+        windows.append({"magnitudes": (m - m.mean()).float(), "times": (t - t.mean()).float(),
+                        "errors": (0.01 + 0.05 * torch.rand(length, generator=gen)).float()})
+    return windows
+
+
+def sdss_windows(shared_dir, n_curves=4, band="r"):
+    """Real SDSS Stripe 82 RR Lyrae curves: first window of up to 200 clean points, centred in float64."""
+    import pandas as pd
+
+    files = sorted((shared_dir / "data" / "sdss_rrlyrae" / "light-curves").glob("*.csv"))[:n_curves]
+    if not files:
+        pytest.skip("no SDSS light curves in the shared folder")
+    windows = []
+    for path in files:
+        frame = pd.read_csv(path)
+        frame = frame[(frame["band"] == band) & (frame["magerr"] > 0) & (frame["magerr"] < 1)].sort_values("time")
+        frame = frame.iloc[:200]
+        t, m = frame["time"].to_numpy(np.float64), frame["mag"].to_numpy(np.float64)
+        windows.append({"magnitudes": torch.from_numpy(m - m.mean()).float(),
+                        "times": torch.from_numpy(t - t.mean()).float(),
+                        "errors": torch.tensor(frame["magerr"].to_numpy(np.float64), dtype=torch.float32)})
+    return windows
+
+
+def small_a2_config(**overrides):
+    return AstromerConfig.astromer2(hidden_dropout_prob=0.0, **overrides)
+
+
+def run_reconstruction(config, batch, implementation):
+    config._attn_implementation = implementation
+    torch.manual_seed(0)
+    model = AstromerForMaskedReconstruction(config).eval()
+    inputs = {k: v for k, v in batch.items() if k not in ("sequence_index", "errors")}
+    out = model(**inputs)
+    out.loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out, grads
+
+
+def unpack_to_padded(packed_values, cu_seqlens, width):
+    """(1, T) -> (n, width) with zeros after each window."""
+    cu = cu_seqlens.tolist()
+    out = torch.zeros(len(cu) - 1, width, *packed_values.shape[2:], dtype=packed_values.dtype)
+    for i, (a, b) in enumerate(zip(cu[:-1], cu[1:])):
+        out[i, : b - a] = packed_values[0, a:b]
+    return out
+
+
+def assert_packed_equals_padded(windows, num_layers=6):
+    padded = AstromerMaskingCollator(seed=3)(windows)
+    packed = AstromerPackingCollator(max_seqlen=200)(padded)
+    config = small_a2_config(num_hidden_layers=num_layers)
+    out_pad, grads_pad = run_reconstruction(config, padded, "sdpa")
+    out_pack, grads_pack = run_reconstruction(small_a2_config(num_hidden_layers=num_layers), packed,
+                                              "astromer_varlen")
+    real = padded["attention_mask"].bool()
+    recon = unpack_to_padded(out_pack.reconstruction, packed["cu_seqlens"], real.shape[1])
+    torch.testing.assert_close(recon[real], out_pad.reconstruction[real], atol=2e-5, rtol=1e-4)
+    hidden = unpack_to_padded(out_pack.last_hidden_state, packed["cu_seqlens"], real.shape[1])
+    torch.testing.assert_close(hidden[real], out_pad.last_hidden_state[real], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(out_pack.loss, out_pad.loss, atol=1e-6, rtol=1e-5)
+    assert grads_pad.keys() == grads_pack.keys() and len(grads_pad) > 0
+    for name in grads_pad:
+        torch.testing.assert_close(grads_pack[name], grads_pad[name], atol=1e-6, rtol=2e-4, msg=lambda m, n=name: f"{n}: {m}")
+
+
+# ------------------------------------------------------------------------------------------------- collator
+def test_collator_list_and_padded_inputs_agree():
+    windows = synthetic_windows([5, 200, 37])
+    from_list = AstromerPackingCollator(max_seqlen=200)(windows)
+    padded = AstromerMaskingCollator(probed_fraction=0.0, seed=0)(windows)
+    from_padded = AstromerPackingCollator(max_seqlen=200)(padded)
+    assert from_list["cu_seqlens"].tolist() == [0, 5, 205, 242]
+    assert from_list["cu_seqlens"].dtype == torch.int32
+    assert from_list["magnitudes"].shape == (1, 242)
+    assert from_list["sequence_index"].tolist() == [0, 1, 2]
+    for key in ("magnitudes", "times", "errors"):
+        torch.testing.assert_close(from_list[key], from_padded[key])
+    assert from_padded["attention_mask"].sum() == 242
+
+
+def test_collator_budget_padding_gives_static_shapes():
+    collator = AstromerPackingCollator(max_tokens=1000, max_seqlen=200, pad_to_budget=True, max_sequences=12)
+    for lengths in ([5, 200, 37], [200, 200, 199, 3]):
+        batch = collator(synthetic_windows(lengths))
+        assert batch["magnitudes"].shape == (1, 1000)
+        assert batch["cu_seqlens"].shape == (13,)
+        cu = batch["cu_seqlens"]
+        assert int(cu[-1]) == 1000 and int((cu[1:] - cu[:-1]).max()) <= 200
+        n = len(lengths)
+        assert batch["sequence_index"][:n].tolist() == list(range(n))
+        assert (batch["sequence_index"][n:] == -1).all()
+        assert batch["attention_mask"][0, : sum(lengths)].all() and not batch["attention_mask"][0, sum(lengths):].any()
+
+
+def test_collator_keeps_per_window_labels_and_fills_fillers():
+    windows = synthetic_windows([10, 20])
+    for i, w in enumerate(windows):
+        w["labels"] = i + 3
+    batch = AstromerPackingCollator(max_tokens=64, max_seqlen=32, pad_to_budget=True, max_sequences=5)(windows)
+    assert batch["labels"].tolist() == [3, 4, -100, -100, -100]
+    assert batch["cu_seqlens"].tolist() == [0, 10, 30, 62, 64, 64]
+
+
+@pytest.mark.parametrize(
+    "lengths, kwargs, message",
+    [
+        ([300], {}, "more than max_seqlen"),
+        ([100, 100], dict(max_tokens=150), "more than max_tokens"),
+        ([0, 10], {}, "window 0 has no observations"),
+        ([100, 100, 100], dict(max_tokens=300, pad_to_budget=True, max_sequences=2), "max_sequences=2"),
+    ],
+)
+def test_collator_errors_are_specific(lengths, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AstromerPackingCollator(max_seqlen=200, **kwargs)(synthetic_windows(lengths))
+
+
+def test_collator_rejects_mismatched_token_field():
+    windows = synthetic_windows([10, 12])
+    windows[1]["times"] = windows[1]["times"][:-1]
+    with pytest.raises(ValueError, match="window 1: field 'times' has 11 entries"):
+        AstromerPackingCollator()(windows)
+
+
+def test_token_budget_batches():
+    assert token_budget_batches([100, 100, 50, 200, 10], 250) == [[0, 1, 2], [3, 4]]
+    assert token_budget_batches([10, 10, 10], 100, max_sequences=2) == [[0, 1], [2]]
+    with pytest.raises(ValueError, match="window 1 has 300"):
+        token_budget_batches([10, 300], 250)
+
+
+# ------------------------------------------------------------------------------------------------- model
+@needs_kernel
+@pytest.mark.slow
+def test_a2_packed_equals_padded_random_windows():
+    assert_packed_equals_padded(synthetic_windows([200, 37, 90, 5], seed=1))
+
+
+@needs_kernel
+@pytest.mark.slow
+def test_a2_packed_equals_padded_real_sdss_curves(shared_dir):
+    assert_packed_equals_padded(sdss_windows(shared_dir), num_layers=2)
+
+
+@needs_kernel
+def test_varlen_implementation_equals_sdpa_on_padded_batch():
+    padded = AstromerMaskingCollator(seed=1)(synthetic_windows([60, 17, 33], seed=2))
+    inputs = {k: v for k, v in padded.items() if k != "errors"}
+    results = {}
+    for implementation in ("sdpa", "astromer_varlen"):
+        config = small_a2_config(num_hidden_layers=2)
+        config._attn_implementation = implementation
+        torch.manual_seed(0)
+        model = AstromerForMaskedReconstruction(config).eval()
+        results[implementation] = model(**inputs)
+    real = padded["attention_mask"].bool()
+    # every position (padding included) gets the same output as sdpa, as in TF
+    torch.testing.assert_close(results["astromer_varlen"].last_hidden_state,
+                               results["sdpa"].last_hidden_state, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(results["astromer_varlen"].loss, results["sdpa"].loss, atol=1e-6, rtol=1e-5)
+    assert real.sum() < real.numel()  # the batch really was padded
+
+
+@needs_kernel
+def test_classification_packed_equals_padded_in_input_order():
+    windows = synthetic_windows([40, 9, 25], seed=5)
+    labels = [2, 0, 1]
+    for w, y in zip(windows, labels):
+        w["labels"] = y
+    packed = AstromerPackingCollator(max_tokens=128, max_seqlen=64, pad_to_budget=True, max_sequences=6)(windows)
+    padded_batch = AstromerMaskingCollator(probed_fraction=0.0, seed=0)(
+        [{k: v for k, v in w.items() if k != "labels"} for w in windows])
+    outputs = {}
+    for implementation, batch in (("sdpa", None), ("astromer_varlen", packed)):
+        config = small_a2_config(num_hidden_layers=2, num_labels=3)
+        config._attn_implementation = implementation
+        torch.manual_seed(0)
+        model = AstromerForSequenceClassification(config).eval()
+        if batch is None:
+            out = model(magnitudes=padded_batch["magnitudes"], times=padded_batch["times"],
+                        attention_mask=padded_batch["attention_mask"])
+            outputs[implementation] = out.logits
+        else:
+            out = model(magnitudes=packed["magnitudes"], times=packed["times"],
+                        attention_mask=packed["attention_mask"], cu_seqlens=packed["cu_seqlens"],
+                        max_seqlen=packed["max_seqlen"])
+            order = packed["sequence_index"]
+            logits = torch.empty(len(windows), out.logits.shape[-1])
+            logits[order[order >= 0]] = out.logits[order >= 0]
+            outputs[implementation] = logits
+    torch.testing.assert_close(outputs["astromer_varlen"], outputs["sdpa"], atol=2e-5, rtol=1e-4)
+
+
+def test_astromer1_refuses_packed_inputs():
+    config = AstromerConfig.astromer1()
+    model = AstromerForMaskedReconstruction(config).eval()
+    batch = AstromerPackingCollator(max_seqlen=200)(synthetic_windows([12, 7]))
+    with pytest.raises(ValueError, match="Astromer 1 .*cannot run on packed sequences"):
+        model(magnitudes=batch["magnitudes"], times=batch["times"], cu_seqlens=batch["cu_seqlens"],
+              max_seqlen=batch["max_seqlen"])
