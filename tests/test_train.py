@@ -1,0 +1,188 @@
+"""Training entry points: 2-process CPU pretraining, kill-and-resume equality, Trainer fine-tuning, the few-shot
+table, --help, argument errors and no clobbering. Tiny models (1–2 layers, hidden 32–64) keep this fast."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--num-layers", "1", "--hidden-size", "32", "--num-heads", "2", "--intermediate-size", "32"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    """Subprocess environment where `astromer_train`/`astromer_kernels` import even without an installed package."""
+    alias = tmp_path_factory.mktemp("pp")
+    (alias / "astromer_train").symlink_to(REPO / "train")
+    (alias / "astromer_kernels").symlink_to(REPO / "kernels")
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = os.pathsep.join([str(REPO), str(alias), environment.get("PYTHONPATH", "")])
+    environment["OMP_NUM_THREADS"] = "1"
+    sys.path[:0] = [p for p in (str(REPO), str(alias)) if p not in sys.path]
+    return environment
+
+
+def _run(args: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_two_process_cpu_pretraining(tmp_path, env):
+    out = tmp_path / "ddp"
+    environment = dict(env, ACCELERATE_USE_CPU="1")
+    _run(["torchrun", "--nproc_per_node", "2", "--master_port", "29517", "train/pretrain.py", "--synthetic", "40",
+          *TINY, "--batch-size", "4", "--max-steps", "3", "--quiet", "--output-dir", str(out)], environment)
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["num_processes"] == 2
+    assert summary["arguments"]["distributed_type"] == "DistributedType.MULTI_CPU"
+    checkpoint = out / "checkpoints" / "step-00000003"
+    assert (checkpoint / "random_states_0.pkl").is_file() and (checkpoint / "random_states_1.pkl").is_file()
+    config = [r for r in map(json.loads, (out / "logs" / "pretrain.jsonl").read_text().splitlines())
+              if r["event"] == "config"]
+    assert config[0]["num_processes"] == 2
+    # the final model is a loadable HF folder with the feature extractor
+    from modeling_astromer import AstromerFeatureExtractor, AstromerForMaskedReconstruction
+
+    model = AstromerForMaskedReconstruction.from_pretrained(out)
+    assert model.config.use_mask_token is True and model.config.num_hidden_layers == 1
+    assert AstromerFeatureExtractor.from_pretrained(out).window_size == 200
+
+
+def test_kill_and_resume_matches_uninterrupted_run(tmp_path, env):
+    common = ["train/pretrain.py", "--synthetic", "48", *TINY, "--batch-size", "8", "--max-steps", "9",
+              "--save-every", "3", "--eval-every", "3", "--quiet", "--seed", "3"]
+    full, crashed = tmp_path / "full", tmp_path / "crashed"
+    _run([sys.executable, *common, "--output-dir", str(full)], env)
+    # SIGKILL right after step 7: checkpoint step 6 is mid-epoch (5 batches per epoch), step 7 is lost
+    killed = _run([sys.executable, *common, "--output-dir", str(crashed), "--crash-after-step", "7"], env, check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (crashed / "checkpoints" / "step-00000006").is_dir()
+    assert not (crashed / "model.safetensors").exists()
+    _run([sys.executable, *common, "--output-dir", str(crashed), "--resume"], env)
+
+    resumed_summary = json.loads((crashed / "training_summary.json").read_text())
+    assert resumed_summary["resumed_from"].endswith("step-00000006")
+    for folder in ("checkpoints/step-00000009", "."):
+        a, b = _weights(full / folder), _weights(crashed / folder)
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"{folder}: {key}")
+    start = _weights(crashed / "checkpoints" / "step-00000006")  # training really changed the weights
+    assert any(not torch.equal(start[k], a[k]) for k in a)
+    full_summary = json.loads((full / "training_summary.json").read_text())
+    assert resumed_summary["best_validation_rmse"] == full_summary["best_validation_rmse"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, env) -> Path:
+    """A tiny encoder pretrained long enough for its embeddings to carry class information."""
+    from astromer_train.pretrain import main
+
+    out = tmp_path_factory.mktemp("pretrained") / "model"
+    torch.set_num_threads(1)
+    assert main(["--synthetic", "400", "--num-layers", "2", "--hidden-size", "64", "--num-heads", "2",
+                 "--intermediate-size", "64", "--batch-size", "32", "--max-steps", "200", "--eval-every", "100",
+                 "--save-every", "200", "--quiet", "--report-to", "none", "--output-dir", str(out)]) == 0
+    return out
+
+
+def test_trainer_finetuning_beats_chance(tmp_path, pretrained):
+    from astromer_train.finetune import main
+
+    out = tmp_path / "ft"
+    assert main(["--model", str(pretrained), "--synthetic", "480", "--class-proportions", "uniform",
+                 "--spc", "30", "--test-per-class", "30", "--ssl-max-steps", "2", "--ssl-learning-rate", "1e-4",
+                 "--epochs", "25", "--learning-rate", "2e-3", "--batch-size", "64", "--quiet",
+                 "--output-dir", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    n_classes = len(metrics["label_names"])
+    assert n_classes == 6
+    window_f1 = metrics["test"]["window"]["f1_macro"]
+    assert window_f1 > 1.0 / n_classes + 0.12, metrics["test"]["window"]
+    assert 0.0 <= metrics["test"]["light_curve"]["f1_macro"] <= 1.0
+    assert metrics["test"]["light_curve"]["n"] == 6 * 30
+    assert metrics["test"]["window"]["n"] >= metrics["test"]["light_curve"]["n"]
+    assert (out / "classifier" / "model.safetensors").is_file()
+    assert (out / "ssl_model" / "model.safetensors").is_file()
+    from modeling_astromer import AstromerForSequenceClassification
+
+    clf = AstromerForSequenceClassification.from_pretrained(out / "classifier")
+    assert clf.config.num_labels == 6 and clf.config.freeze_encoder
+
+
+def test_evaluation_table_shape_and_range(tmp_path, pretrained):
+    from astromer_train.evaluate import main
+
+    out = tmp_path / "table"
+    assert main(["--model", str(pretrained), "--synthetic", "300", "--class-proportions", "uniform",
+                 "--folds", "2", "--spc", "5", "10", "--test-per-class", "10", "--skip-ssl", "--epochs", "2",
+                 "--learning-rate", "1e-3", "--batch-size", "64", "--quiet", "--output-dir", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["fold"], r["spc"]) for r in results["runs"]] == [(0, 5), (0, 10), (1, 5), (1, 10)]
+    assert set(results["summary"]) == {"5", "10"}
+    for spc, levels in results["summary"].items():
+        for level in ("window", "light_curve"):
+            stats = levels[level]
+            assert stats["n_folds"] == 2 and len(stats["values"]) == 2
+            assert all(0.0 <= v <= 1.0 for v in stats["values"])
+            assert stats["mean"] == pytest.approx(sum(stats["values"]) / 2)
+            assert stats["std"] == pytest.approx(abs(stats["values"][0] - stats["values"][1]) / 2)  # population std
+    table = (out / "results.md").read_text().strip().splitlines()
+    rows = [line for line in table if line.startswith("| synthetic")]
+    assert len(rows) == 2 and all(row.count("±") == 2 for row in rows)
+
+
+@pytest.mark.parametrize("script", ["pretrain", "finetune", "evaluate"])
+def test_help(script, env):
+    result = _run([sys.executable, f"train/{script}.py", "--help"], env)
+    assert "--output-dir" in result.stdout and "--overwrite" in result.stdout
+
+
+def test_bad_arguments_give_clear_errors(tmp_path, env, capsys):
+    from astromer_train import evaluate, finetune, pretrain
+
+    with pytest.raises(SystemExit) as exc:
+        pretrain.main(["--synthetic", "0", "--output-dir", str(tmp_path / "x")])
+    assert exc.value.code == 2
+    assert "positive integer" in capsys.readouterr().err
+    assert pretrain.main(["--output-dir", str(tmp_path / "x")]) == 2
+    assert "give a data source" in capsys.readouterr().err
+    assert pretrain.main(["--synthetic", "10", "--hidden-size", "30", "--num-heads", "4",
+                          "--output-dir", str(tmp_path / "x")]) == 2
+    assert "multiple of --num-heads" in capsys.readouterr().err
+    assert finetune.main(["--model", str(tmp_path / "nowhere"), "--synthetic", "10",
+                          "--output-dir", str(tmp_path / "y")]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    assert evaluate.main(["--model", str(tmp_path), "--output-dir", str(tmp_path / "z")]) == 2
+    assert "give a data source" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_existing_output_is_not_clobbered(tmp_path, env, capsys):
+    from astromer_train import evaluate, finetune, pretrain
+
+    out = tmp_path / "taken"
+    out.mkdir()
+    precious = out / "notes.txt"
+    precious.write_text("keep me")
+    assert pretrain.main(["--synthetic", "20", *TINY, "--max-steps", "1", "--output-dir", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert finetune.main(["--model", str(REPO / "nowhere"), "--synthetic", "10", "--output-dir", str(out)]) == 2
+    assert evaluate.main(["--model", str(REPO / "nowhere"), "--synthetic", "10", "--output-dir", str(out)]) == 2
+    assert precious.read_text() == "keep me"
+    shutil.rmtree(out)
