@@ -22,6 +22,7 @@ from .modeling_astromer import (
     AstromerPreTrainedModel,
     compute_loss_weights,
 )
+from .pipeline import PIPELINE_TASK, LightCurveFeatureExtractionPipeline, load_pipeline
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,18 @@ def _register_auto_classes() -> None:
     AutoFeatureExtractor.register(AstromerConfig, AstromerFeatureExtractor, exist_ok=True)
 
 
+def _register_pipeline() -> None:
+    from transformers.pipelines import PIPELINE_REGISTRY
+
+    # our own task name: re-registering "feature-extraction" would replace the text pipeline process-wide
+    PIPELINE_REGISTRY.register_pipeline(
+        PIPELINE_TASK,
+        pipeline_class=LightCurveFeatureExtractionPipeline,
+        pt_model=AutoModel,
+        type="multimodal",
+    )
+
+
 def _register_varlen_attention() -> None:
     try:
         from astromer_kernels.hf_attention import register_astromer_varlen
@@ -42,6 +55,7 @@ def _register_varlen_attention() -> None:
 
 
 _register_auto_classes()
+_register_pipeline()
 _register_varlen_attention()
 
 __all__ = [
@@ -53,4 +67,6 @@ __all__ = [
     "AstromerFeatureExtractor",
     "AstromerMaskingCollator",
     "compute_loss_weights",
+    "LightCurveFeatureExtractionPipeline",
+    "load_pipeline",
 ]

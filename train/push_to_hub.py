@@ -1,0 +1,271 @@
+"""Release Astromer weights to the Hugging Face Hub as a complete, self-contained repository.
+
+``python -m astromer_train.push_to_hub SOURCE --repo-id OWNER/NAME [--dry-run --output DIR] ...`` (or
+``python train/push_to_hub.py ...`` from a source checkout).
+
+SOURCE is a model folder (``save_pretrained`` output, a training run's model folder or an ``astromer convert``
+result) or an official TensorFlow checkpoint (folder or prefix with ``.index``), which is converted first.
+The release folder holds (hf_integration.md §2):
+
+- ``model.safetensors`` and ``config.json`` with the full ``auto_map`` (config, base model, both heads) and
+  ``custom_pipelines`` (``pipeline("feature-extraction", model=REPO, trust_remote_code=True)``);
+- the remote code ``configuration_astromer.py``, ``modeling_astromer.py``, ``feature_extraction_astromer.py`` and
+  ``pipeline_astromer.py`` (they import only each other, torch, numpy and transformers);
+- ``preprocessor_config.json`` with its ``auto_map``;
+- ``README.md``: the model card (metadata, usage, numerical notes, the evaluation table when given).
+
+Without ``--dry-run`` the folder is uploaded in one commit with ``HfApi().upload_folder`` (after
+``create_repo(exist_ok=True)``). With ``--dry-run`` it is only written to ``--output``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run by path: make `astromer_train` importable from a source checkout
+    import _bootstrap
+
+    _bootstrap.ensure_importable()
+
+__all__ = [
+    "CUSTOM_PIPELINES",
+    "RELEASE_FILE_PATTERNS",
+    "ReleaseError",
+    "build_parser",
+    "build_release_folder",
+    "load_release_model",
+    "main",
+    "upload_release",
+]
+
+CUSTOM_PIPELINES: dict[str, dict[str, Any]] = {
+    "feature-extraction": {
+        "impl": "pipeline_astromer.LightCurveFeatureExtractionPipeline",
+        "pt": ["AutoModel"],
+        "type": "multimodal",
+    }
+}
+#: What a release commit may contain (nothing else in the folder is uploaded).
+RELEASE_FILE_PATTERNS: list[str] = ["*.safetensors", "*.json", "*.py", "README.md", "LICENSE"]
+_MODEL_CLASSES = ("AstromerForMaskedReconstruction", "AstromerForSequenceClassification", "AstromerModel")
+
+
+class ReleaseError(ValueError):
+    """The source cannot be released (missing, not an Astromer model, unreadable evaluation, ...)."""
+
+
+def _is_tf_checkpoint(source: Path) -> bool:
+    if source.is_dir():
+        return any(source.glob("*.index")) and not (source / "config.json").is_file()
+    return Path(f"{source}.index").is_file()
+
+
+def load_release_model(
+    source: str | Path, variant: str | None = None, work_dir: str | Path | None = None
+) -> tuple[Any, Any]:
+    """Load ``(model, feature_extractor)`` from a model folder or convert a TF checkpoint first.
+
+    The model keeps the class it was saved with (``architectures`` in ``config.json``): a pretraining checkpoint
+    keeps its reconstruction head, a fine-tuned classifier its head and gamma.
+    """
+    import modeling_astromer
+    from modeling_astromer.convert import CheckpointConversionError, convert_tf_checkpoint
+    from modeling_astromer.tf_checkpoint import TFCheckpointError
+
+    path = Path(source)
+    if not path.exists() and not Path(f"{path}.index").is_file():
+        raise ReleaseError(f"{path}: no such model folder or checkpoint")
+    if _is_tf_checkpoint(path):
+        if work_dir is None:
+            raise ReleaseError("converting a TensorFlow checkpoint needs a work_dir")
+        converted = Path(work_dir) / "converted"
+        try:
+            convert_tf_checkpoint(path, converted, variant=variant)
+        except (CheckpointConversionError, TFCheckpointError) as exc:
+            raise ReleaseError(f"{path}: {exc}") from exc
+        path = converted
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ReleaseError(f"{path}: not a model folder (no config.json) and not a TensorFlow checkpoint")
+    config_json = json.loads(config_file.read_text())
+    if config_json.get("model_type") != "astromer":
+        raise ReleaseError(f"{path}: model_type is {config_json.get('model_type')!r}, expected 'astromer'")
+    architectures = config_json.get("architectures") or ["AstromerModel"]
+    name = next((a for a in architectures if a in _MODEL_CLASSES), "AstromerModel")
+    model = getattr(modeling_astromer, name).from_pretrained(path).eval()
+    if (path / "preprocessor_config.json").is_file():
+        extractor = modeling_astromer.AstromerFeatureExtractor.from_pretrained(path)
+    else:
+        extractor = modeling_astromer.AstromerFeatureExtractor(window_size=model.config.window_size)
+    if extractor.window_size != model.config.window_size:
+        raise ReleaseError(
+            f"{path}: preprocessor window_size {extractor.window_size} differs from the model's "
+            f"{model.config.window_size}"
+        )
+    return model, extractor
+
+
+def _normalise_permissions(folder: Path) -> None:
+    """Temporary folders and files are created private (0700/0600); give the release the usual umask modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
+def build_release_folder(
+    source: str | Path,
+    output: str | Path,
+    repo_id: str,
+    evaluation: str | Path | None = None,
+    datasets: Sequence[str] | None = None,
+    variant: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the complete Hub folder for `source` into `output`, atomically (nothing is left on error).
+
+    Returns:
+        The output folder.
+    """
+    from modeling_astromer.hub_layout import PACKAGE_DIR, write_hub_folder
+    from modeling_astromer.model_card import build_model_card, evaluation_table
+
+    destination = Path(output)
+    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())) and not overwrite:
+        raise ReleaseError(f"{destination} exists and is not empty; pass --overwrite to replace it")
+    evaluation_markdown = None
+    if evaluation is not None:
+        try:
+            evaluation_markdown = evaluation_table(evaluation)
+        except (OSError, ValueError) as exc:
+            raise ReleaseError(str(exc)) from exc
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".release-", dir=destination.parent) as work:
+        model, extractor = load_release_model(source, variant=variant, work_dir=work)
+        staged = write_hub_folder(
+            model,
+            Path(work) / "hub",
+            feature_extractor=extractor,
+            extra_code_files={"pipeline_astromer.py": PACKAGE_DIR / "pipeline_astromer.py"},
+            config_updates={"custom_pipelines": CUSTOM_PIPELINES},
+        )
+        card = build_model_card(model.config, repo_id, evaluation=evaluation_markdown, datasets=datasets)
+        card.save(staged / "README.md")
+        source_path = Path(source)
+        if source_path.is_dir() and (source_path / "LICENSE").is_file():
+            shutil.copyfile(source_path / "LICENSE", staged / "LICENSE")
+        _normalise_permissions(staged)
+        if destination.exists():
+            backup = destination.with_name(f".{destination.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            destination.rename(backup)
+            staged.rename(destination)
+            shutil.rmtree(backup)
+        else:
+            staged.rename(destination)
+    return destination
+
+
+def upload_release(
+    folder: str | Path,
+    repo_id: str,
+    token: str | None = None,
+    private: bool = False,
+    revision: str | None = None,
+    create_pr: bool = False,
+    commit_message: str = "Release Astromer weights",
+) -> Any:
+    """Create the repo if needed and upload `folder` in one commit; returns the ``CommitInfo``."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
+    return api.upload_folder(
+        repo_id=repo_id,
+        repo_type="model",
+        folder_path=str(folder),
+        allow_patterns=RELEASE_FILE_PATTERNS,
+        commit_message=commit_message,
+        revision=revision,
+        create_pr=create_pr,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="push_to_hub",
+        description="Turn converted or trained Astromer weights into a complete Hub repository and upload it.",
+    )
+    parser.add_argument(
+        "source", help="model folder, or TensorFlow checkpoint folder/prefix (converted first)"
+    )
+    parser.add_argument("--repo-id", required=True, help="Hub repository, e.g. astromer/astromer-2")
+    parser.add_argument("--output", help="write the release folder here (required with --dry-run)")
+    parser.add_argument("--dry-run", action="store_true", help="write the folder only, upload nothing")
+    parser.add_argument("--evaluation", help="evaluation table for the model card (.json or .md)")
+    parser.add_argument(
+        "--dataset", action="append", dest="datasets", help="Hub dataset id for the card metadata"
+    )
+    parser.add_argument(
+        "--variant", choices=("astromer1", "astromer2"), help="TF checkpoint variant (default: detect)"
+    )
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--revision", help="branch to push to")
+    parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of pushing")
+    parser.add_argument("--commit-message", default="Release Astromer weights", help="commit message")
+    parser.add_argument("--token", help="Hub token (default: the logged-in token / HF_TOKEN)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.dry_run and not args.output:
+        print("push_to_hub: error: --dry-run needs --output DIR", file=sys.stderr)
+        return 2
+    try:
+        with tempfile.TemporaryDirectory(prefix="astromer-release-") as scratch:
+            folder = Path(args.output) if args.output else Path(scratch) / "release"
+            build_release_folder(
+                args.source,
+                folder,
+                args.repo_id,
+                evaluation=args.evaluation,
+                datasets=args.datasets,
+                variant=args.variant,
+                overwrite=args.overwrite,
+            )
+            print(
+                f"release folder: {folder} ({', '.join(sorted(p.name for p in folder.iterdir()))})",
+                file=sys.stderr,
+            )
+            if args.dry_run:
+                return 0
+            commit = upload_release(
+                folder,
+                args.repo_id,
+                token=args.token,
+                private=args.private,
+                revision=args.revision,
+                create_pr=args.create_pr,
+                commit_message=args.commit_message,
+            )
+            print(f"uploaded: {getattr(commit, 'commit_url', commit)}", file=sys.stderr)
+    except (ReleaseError, FileExistsError) as exc:
+        print(f"push_to_hub: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
