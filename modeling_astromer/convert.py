@@ -19,11 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
 import numpy as np
-import tomllib
 import torch
 
 from modeling_astromer.configuration_astromer import AstromerConfig
+from modeling_astromer.file_utils import publish_folder
 from modeling_astromer.tf_checkpoint import TFCheckpoint, TFCheckpointError, read_tf_checkpoint
 
 __all__ = ["CheckpointConversionError", "convert_tf_checkpoint", "tf_state_dict"]
@@ -379,22 +384,6 @@ def _prepare_destination(dst: Path, overwrite: bool) -> None:
         )
 
 
-def _publish(tmp_dir: Path, dst: Path) -> None:
-    """Move the finished ``tmp_dir`` to ``dst`` (replacing an existing folder only now that the new one is whole)."""
-    if not dst.exists():
-        os.replace(tmp_dir, dst)
-        return
-    backup = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-    os.replace(dst, backup / "previous")
-    try:
-        os.replace(tmp_dir, dst)
-    except BaseException:
-        os.replace(backup / "previous", dst)
-        raise
-    finally:
-        shutil.rmtree(backup, ignore_errors=True)
-
-
 def convert_tf_checkpoint(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -435,23 +424,12 @@ def convert_tf_checkpoint(
         model.save_pretrained(tmp_dir)
         AstromerFeatureExtractor(window_size=config.window_size).save_pretrained(tmp_dir)
         _verify_saved_weights(tmp_dir, state)
-        _apply_umask(tmp_dir)
         _prepare_destination(dst, overwrite)  # re-check: something may have appeared meanwhile
-        _publish(tmp_dir, dst)
+        publish_folder(tmp_dir, dst)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     return dst
-
-
-def _apply_umask(folder: Path) -> None:
-    """``mkdtemp`` (and temp-file writers) create owner-only entries; give the output ordinary permissions."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-    for path in folder.iterdir():
-        if path.is_file():
-            os.chmod(path, 0o666 & ~umask)
 
 
 def _verify_saved_weights(folder: Path, state: dict[str, torch.Tensor]) -> None:

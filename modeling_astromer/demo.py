@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from .file_utils import publish_folder
+
 __all__ = ["FULL", "QUICK", "DemoError", "DemoSettings", "build_parser", "main", "run_demo"]
 
 
@@ -557,14 +559,7 @@ def run_demo(
             )
             + "\n"
         )
-        if destination.exists():
-            backup = destination.with_name(f".{destination.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            destination.rename(backup)
-            staging.rename(destination)
-            shutil.rmtree(backup)
-        else:
-            staging.rename(destination)
+        publish_folder(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

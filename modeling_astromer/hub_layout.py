@@ -18,6 +18,7 @@ from pathlib import Path
 from transformers import PreTrainedModel
 
 from .feature_extraction_astromer import AstromerFeatureExtractor
+from .file_utils import publish_folder
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -76,14 +77,7 @@ def write_hub_folder(
             shutil.copyfile(source, staging / name)
         _update_json(staging / "config.json", {"auto_map": dict(MODEL_AUTO_MAP), **(config_updates or {})})
         _update_json(staging / "preprocessor_config.json", {"auto_map": dict(FEATURE_EXTRACTOR_AUTO_MAP)})
-        if destination.exists():
-            backup = destination.with_name(f".{destination.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            destination.rename(backup)
-            staging.rename(destination)
-            shutil.rmtree(backup)
-        else:
-            staging.rename(destination)
+        publish_folder(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -113,16 +112,6 @@ def load_release_model(
     return model, extractor
 
 
-def _normalise_permissions(folder: Path) -> None:
-    """Temporary folders and files are created private (0700/0600); give the release the usual umask modes."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.iterdir():
-        if path.is_file():
-            path.chmod(0o666 & ~umask)
-
-
 def build_release_folder(
     source: str | Path,
     output: str | Path,
@@ -137,6 +126,7 @@ def build_release_folder(
     Returns:
         The output folder.
     """
+    from modeling_astromer.file_utils import publish_folder
     from modeling_astromer.hub_layout import PACKAGE_DIR, write_hub_folder
     from modeling_astromer.model_card import build_model_card, evaluation_table
 
@@ -164,15 +154,7 @@ def build_release_folder(
         source_path = Path(source)
         if source_path.is_dir() and (source_path / "LICENSE").is_file():
             shutil.copyfile(source_path / "LICENSE", staged / "LICENSE")
-        _normalise_permissions(staged)
-        if destination.exists():
-            backup = destination.with_name(f".{destination.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            destination.rename(backup)
-            staged.rename(destination)
-            shutil.rmtree(backup)
-        else:
-            staged.rename(destination)
+        publish_folder(staged, destination)
     return destination
 
 

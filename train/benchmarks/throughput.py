@@ -43,20 +43,28 @@ def model_flops_per_window(config, length: int = 200, training: bool = True) -> 
     return 3.0 * forward if training else float(forward)
 
 
-def matmul_rate(dtype: torch.dtype, tokens: int = 51200, repeats: int = 5) -> float:
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(dtype: torch.dtype, tokens: int = 51200, repeats: int = 5, device: str = "cpu") -> float:
     """GFLOP/s of the model's GEMM mix: (tokens×256)@(256×256) and (tokens×256)@(256×512)/(tokens×512)@(512×256)."""
-    x = torch.randn(tokens, 256, dtype=dtype)
-    h = torch.randn(tokens, 512, dtype=dtype)
-    w1, w2, w3 = (torch.randn(256, 256, dtype=dtype), torch.randn(256, 512, dtype=dtype),
-                  torch.randn(512, 256, dtype=dtype))
+    device = torch.device(device)
+    x = torch.randn(tokens, 256, dtype=dtype, device=device)
+    h = torch.randn(tokens, 512, dtype=dtype, device=device)
+    w1, w2, w3 = (torch.randn(256, 256, dtype=dtype, device=device), torch.randn(256, 512, dtype=dtype, device=device),
+                  torch.randn(512, 256, dtype=dtype, device=device))
     flops = 2 * tokens * (256 * 256 * 4 + 256 * 512 * 2)
     times = []
     for _ in range(repeats + 1):
+        _synchronize(device)
         start = time.perf_counter()
         for w in (w1, w1, w1, w1):
             x @ w
         x @ w2
         h @ w3
+        _synchronize(device)
         times.append(time.perf_counter() - start)
     return flops / statistics.median(times[1:]) / 1e9
 
@@ -74,11 +82,12 @@ def _batch(batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
     return AstromerMaskingCollator(seed=seed)(windows)
 
 
-def measure(config, implementation: str, precision: str, batch: dict, repeats: int) -> dict[str, float]:
+def measure(config, implementation: str, precision: str, batch: dict, repeats: int, device: str = "cpu") -> dict:
     from modeling_astromer import AstromerForMaskedReconstruction
 
+    device = torch.device(device)
     torch.manual_seed(0)
-    model = AstromerForMaskedReconstruction(config)
+    model = AstromerForMaskedReconstruction(config).to(device)
     inputs = dict(batch)
     if implementation == "packed":
         from astromer_kernels.hf_attention import register_astromer_varlen
@@ -91,7 +100,8 @@ def measure(config, implementation: str, precision: str, batch: dict, repeats: i
         inputs.pop("sequence_index")
     else:
         model.set_attn_implementation(implementation)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
     n = batch["magnitudes"].shape[0]
 
@@ -105,8 +115,10 @@ def measure(config, implementation: str, precision: str, batch: dict, repeats: i
     model.train()
     train_times = []
     for _ in range(repeats + 1):
+        _synchronize(device)
         start = time.perf_counter()
         train_step()
+        _synchronize(device)
         train_times.append(time.perf_counter() - start)
     model.eval()
     embed_inputs = {k: inputs[k] for k in ("magnitudes", "times", "attention_mask")}
@@ -115,14 +127,16 @@ def measure(config, implementation: str, precision: str, batch: dict, repeats: i
     infer_times = []
     with torch.inference_mode():
         for _ in range(repeats + 1):
+            _synchronize(device)
             start = time.perf_counter()
             with autocast:
                 model.astromer.embed(**embed_inputs, pooling="skip")
+            _synchronize(device)
             infer_times.append(time.perf_counter() - start)
         with autocast:
             out = model(**inputs)
     return {"train": n / statistics.median(train_times[1:]), "infer": n / statistics.median(infer_times[1:]),
-            "reconstruction": out.reconstruction.float(), "loss": float(out.loss)}
+            "reconstruction": out.reconstruction.float().cpu(), "loss": float(out.loss)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,19 +147,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--implementations", nargs="+", default=["eager", "sdpa", "packed"])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda; TensorFlow ratios refer to the CPU")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from modeling_astromer import AstromerConfig
 
     config = AstromerConfig.astromer2(hidden_dropout_prob=0.0)
     batch = _batch(args.batch_size)
-    rates = {"fp32": matmul_rate(torch.float32), "bf16": matmul_rate(torch.bfloat16)}
+    rates = {"fp32": matmul_rate(torch.float32, device=args.device),
+             "bf16": matmul_rate(torch.bfloat16, device=args.device)}
     print(f"# matmul GFLOP/s: {rates}", flush=True)
     rows, reference = [], {}
     for implementation in args.implementations:
         for precision in args.precisions:
             try:
-                result = measure(config, implementation, precision, batch, args.repeats)
+                result = measure(config, implementation, precision, batch, args.repeats, args.device)
             except Exception as exc:  # noqa: BLE001 - a path that cannot run here is reported, not fatal
                 rows.append({"implementation": implementation, "precision": precision, "error": repr(exc)[:200]})
                 continue
@@ -168,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
     header = ("| attention | precision | train win/s | × TF | embed win/s | × TF | train MFU | embed MFU | "
               "bf16 max|Δ| recon / |Δ| loss |")
-    lines = [f"torch {torch.__version__}, {args.threads} threads, batch {args.batch_size}×200, Astromer 2 "
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
+    lines = [f"torch {torch.__version__}, {where}, batch {args.batch_size}×200, Astromer 2 "
              f"({sum(p.numel() for p in __import__('modeling_astromer').AstromerForMaskedReconstruction(config).parameters()):,} params)",
              f"matmul rate (same run, model GEMM mix): fp32 {rates['fp32']:.1f} GFLOP/s, bf16 {rates['bf16']:.1f} GFLOP/s",
              "", header, "|" + "---|" * 9]
