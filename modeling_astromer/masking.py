@@ -48,16 +48,16 @@ def probing_counts(
     return n_probed, n_same, n_random
 
 
-def _to_numpy(value: Any, name: str, index: int | None) -> np.ndarray:
-    where = f"window {index}: " if index is not None else ""
+def as_numeric_array(value: Any, name: str, where: str = "batch") -> np.ndarray:
+    """`value` (array, list or tensor) as a numpy array of real numbers, or a ValueError naming `where` and `name`."""
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     try:
         array = np.asarray(value)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{where}{name!r} is not an array of numbers ({exc})") from exc
+        raise ValueError(f"{where}: field {name!r} is not an array of numbers ({exc})") from exc
     if array.dtype.kind not in "biuf":
-        raise ValueError(f"{where}{name!r} must hold real numbers, got dtype {array.dtype}")
+        raise ValueError(f"{where}: field {name!r} must hold real numbers, got dtype {array.dtype}")
     return array
 
 
@@ -134,7 +134,7 @@ class AstromerMaskingCollator:
             for key in _VALUE_KEYS:
                 if key not in features:
                     raise ValueError(f"batch is missing {key!r} (has {sorted(features)})")
-                arrays[key] = _to_numpy(features[key], key, None).astype(np.float64)
+                arrays[key] = as_numeric_array(features[key], key).astype(np.float64)
                 if arrays[key].ndim != 2:
                     raise ValueError(f"{key!r} must be a padded (B, T) array, got shape {arrays[key].shape}")
             shapes = {k: a.shape for k, a in arrays.items()}
@@ -142,7 +142,7 @@ class AstromerMaskingCollator:
                 raise ValueError(f"magnitudes/times/errors shapes differ: {shapes}")
             B, T = arrays["magnitudes"].shape
             if features.get("attention_mask") is not None:
-                mask = _to_numpy(features["attention_mask"], "attention_mask", None)
+                mask = as_numeric_array(features["attention_mask"], "attention_mask")
                 if mask.shape != (B, T):
                     raise ValueError(
                         f"attention_mask shape {mask.shape} differs from magnitudes shape {(B, T)}"
@@ -160,14 +160,14 @@ class AstromerMaskingCollator:
                 for key in _VALUE_KEYS:
                     if key not in feature:
                         raise ValueError(f"window {i}: missing {key!r} (has {sorted(feature)})")
-                    values[key] = _to_numpy(feature[key], key, i).astype(np.float64)
+                    values[key] = as_numeric_array(feature[key], key, f"window {i}").astype(np.float64)
                     if values[key].ndim != 1:
                         raise ValueError(f"window {i}: {key!r} must be 1-D, got shape {values[key].shape}")
                 lengths = {k: v.shape[0] for k, v in values.items()}
                 if len(set(lengths.values())) != 1:
                     raise ValueError(f"window {i}: magnitudes/times/errors lengths differ: {lengths}")
                 if feature.get("attention_mask") is not None:
-                    mask = _to_numpy(feature["attention_mask"], "attention_mask", i).astype(bool)
+                    mask = as_numeric_array(feature["attention_mask"], "attention_mask", f"window {i}").astype(bool)
                     if mask.shape != values["magnitudes"].shape:
                         raise ValueError(
                             f"window {i}: attention_mask shape {mask.shape} differs from "

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .masking import as_numeric_array
+
 __all__ = ["AstromerPackingCollator", "token_budget_batches"]
 
 #: Fields that live on tokens and are packed. Any other array field must be per window (scalar per window).
@@ -56,18 +58,6 @@ def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_sequences:
     if current:
         batches.append(current)
     return batches
-
-
-def _as_array(value: Any, name: str, where: str) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    try:
-        array = np.asarray(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{where}: field {name!r} is not numeric ({exc})") from exc
-    if array.dtype.kind not in "biuf":
-        raise ValueError(f"{where}: field {name!r} must hold numbers, got dtype {array.dtype}")
-    return array
 
 
 class AstromerPackingCollator:
@@ -125,13 +115,13 @@ class AstromerPackingCollator:
     def _from_padded(self, batch: Mapping[str, Any]):
         if "magnitudes" not in batch:
             raise ValueError("padded batch has no 'magnitudes' field")
-        magnitudes = _as_array(batch["magnitudes"], "magnitudes", "padded batch")
+        magnitudes = as_numeric_array(batch["magnitudes"], "magnitudes", "padded batch")
         if magnitudes.ndim == 3 and magnitudes.shape[-1] == 1:
             magnitudes = magnitudes[..., 0]
         if magnitudes.ndim != 2:
             raise ValueError(f"padded batch: 'magnitudes' must be (B, L), got shape {magnitudes.shape}")
         n_windows, width = magnitudes.shape
-        mask = (_as_array(batch["attention_mask"], "attention_mask", "padded batch")
+        mask = (as_numeric_array(batch["attention_mask"], "attention_mask", "padded batch")
                 if "attention_mask" in batch else np.ones_like(magnitudes, dtype=np.int64))
         mask = mask.reshape(n_windows, width).astype(bool)
         lengths = mask.sum(axis=1)
@@ -145,7 +135,7 @@ class AstromerPackingCollator:
         for name, value in batch.items():
             if name == "attention_mask":
                 continue
-            array = _as_array(value, name, "padded batch")
+            array = as_numeric_array(value, name, "padded batch")
             if array.ndim == 3 and array.shape[-1] == 1:
                 array = array[..., 0]
             if array.shape == (n_windows, width):
@@ -165,18 +155,18 @@ class AstromerPackingCollator:
             where = f"window {index}"
             if not isinstance(feature, Mapping) or "magnitudes" not in feature:
                 raise ValueError(f"{where}: expected a mapping with a 'magnitudes' field")
-            magnitudes = _as_array(feature["magnitudes"], "magnitudes", where).reshape(-1)
+            magnitudes = as_numeric_array(feature["magnitudes"], "magnitudes", where).reshape(-1)
             length = magnitudes.shape[0]
             keep = np.ones(length, dtype=bool)
             if "attention_mask" in feature:
-                keep = _as_array(feature["attention_mask"], "attention_mask", where).reshape(-1).astype(bool)
+                keep = as_numeric_array(feature["attention_mask"], "attention_mask", where).reshape(-1).astype(bool)
                 if keep.shape[0] != length:
                     raise ValueError(f"{where}: attention_mask has {keep.shape[0]} entries, magnitudes {length}")
             window: dict[str, np.ndarray] = {}
             for name, value in feature.items():
                 if name == "attention_mask":
                     continue
-                array = _as_array(value, name, where)
+                array = as_numeric_array(value, name, where)
                 if name in TOKEN_FIELDS and array.ndim > 0:
                     array = array.reshape(-1)
                     if array.shape[0] != length:
