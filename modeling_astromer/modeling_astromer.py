@@ -398,6 +398,18 @@ def _squeeze_channel(tensor: torch.Tensor | None, name: str) -> torch.Tensor | N
     return tensor
 
 
+def _window_inputs(
+    magnitudes: torch.Tensor, times: torch.Tensor, attention_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(B, L)` magnitudes, times and attention mask (all observed when `attention_mask` is None)."""
+    magnitudes = _squeeze_channel(magnitudes, "magnitudes")
+    times = _squeeze_channel(times, "times")
+    attention_mask = _squeeze_channel(attention_mask, "attention_mask")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(magnitudes, dtype=torch.long)
+    return magnitudes, times, attention_mask
+
+
 @auto_docstring
 class AstromerModel(AstromerPreTrainedModel):
     """The Astromer encoder: input embedding, then `num_hidden_layers` post-LN attention blocks (no final norm)."""
@@ -515,12 +527,8 @@ class AstromerModel(AstromerPreTrainedModel):
         max_seqlen (`int`, *optional*):
             Longest window in a packed batch (computed from `cu_seqlens` when omitted).
         """
-        magnitudes = _squeeze_channel(magnitudes, "magnitudes")
-        times = _squeeze_channel(times, "times")
-        attention_mask = _squeeze_channel(attention_mask, "attention_mask")
+        magnitudes, times, attention_mask = _window_inputs(magnitudes, times, attention_mask)
         mask_positions = _squeeze_channel(mask_positions, "mask_positions")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(magnitudes, dtype=torch.long)
         self._check_inputs(magnitudes, times, attention_mask, mask_positions, cu_seqlens)
 
         hidden = ~attention_mask.bool()
@@ -557,10 +565,7 @@ class AstromerModel(AstromerPreTrainedModel):
         To get one vector per light curve, average the window vectors of each curve (see
         `AstromerFeatureExtractor`'s `light_curve_index` and `pool_windows`).
         """
-        magnitudes = _squeeze_channel(magnitudes, "magnitudes")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(magnitudes, dtype=torch.long)
-        attention_mask = _squeeze_channel(attention_mask, "attention_mask")
+        magnitudes, times, attention_mask = _window_inputs(magnitudes, times, attention_mask)
         outputs = self(
             magnitudes=magnitudes,
             times=times,
@@ -595,7 +600,8 @@ class AstromerModel(AstromerPreTrainedModel):
         """
         blocks = list(hidden_states[1:])
         if self.config.attention_bias_mode != "a1_query_key_bias":
-            blocks.insert(0, self.embeddings(_squeeze_channel(magnitudes, "magnitudes"), _squeeze_channel(times, "times")))
+            magnitudes, times, _ = _window_inputs(magnitudes, times, attention_mask)
+            blocks.insert(0, self.embeddings(magnitudes, times))
         return torch.stack([masked_mean(z, attention_mask, cu_seqlens) for z in blocks], dim=1)
 
 
@@ -805,11 +811,7 @@ class AstromerForSequenceClassification(AstromerPreTrainedModel):
         max_seqlen (`int`, *optional*):
             Longest window of a packed batch.
         """
-        magnitudes = _squeeze_channel(magnitudes, "magnitudes")
-        times = _squeeze_channel(times, "times")
-        attention_mask = _squeeze_channel(attention_mask, "attention_mask")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(magnitudes, dtype=torch.long)
+        magnitudes, times, attention_mask = _window_inputs(magnitudes, times, attention_mask)
         pooling = self.config.classifier_pooling
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_encoder):
             outputs = self.astromer(
