@@ -170,7 +170,8 @@ def test_loss_weights_edge_cases():
     expected = (u - u.min()) / (u.max() - u.min()) + 1e-3
     assert torch.allclose(weights[1, :3].double(), expected, atol=1e-7)
     padding_u = 1 / (0.7 / 3)
-    assert float(weights[1, 3]) == pytest.approx((padding_u - u.min()) / (u.max() - u.min()) + 1e-3, rel=1e-6)
+    expected_padding = float((padding_u - u.min()) / (u.max() - u.min())) + 1e-3
+    assert float(weights[1, 3]) == pytest.approx(expected_padding, rel=1e-6)
 
 
 @pytest.mark.parametrize(
