@@ -187,7 +187,8 @@ def write_splits(
     return written
 
 
-def _load_input(args: argparse.Namespace) -> datasets.Dataset:
+def load_input(args: argparse.Namespace) -> datasets.Dataset:
+    """The dataset named by `--synthetic` or `--from-disk` (a save_to_disk folder, or a .parquet file) and `--split`."""
     if args.synthetic:
         from hub_datasets.synthetic import generate_survey
 
@@ -255,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
         parser.error(f"output folder {out} exists and is not empty; pass --overwrite to replace it")
     try:
-        dataset = _load_input(args)
+        dataset = load_input(args)
         splits = make_fewshot_splits(
             dataset,
             n_folds=args.folds,

@@ -156,21 +156,10 @@ def push_folder(
 
 
 def _load_source(args: argparse.Namespace) -> tuple[datasets.Dataset, str]:
-    if args.synthetic:
-        from hub_datasets.synthetic import generate_survey
+    from hub_datasets.folds import load_input
 
-        return generate_survey(
-            args.n_curves, survey=args.synthetic, seed=args.seed
-        ), f"synthetic-{args.synthetic}"
-    path = Path(args.from_disk)
-    if not path.exists():
-        raise FileNotFoundError(f"--from-disk {path}: no such file or folder")
-    loaded = datasets.load_from_disk(str(path))
-    if isinstance(loaded, datasets.DatasetDict):
-        if args.split not in loaded:
-            raise KeyError(f"--from-disk {path}: split {args.split!r} not found (have {list(loaded)})")
-        loaded = loaded[args.split]
-    return loaded, args.survey or path.name
+    name = f"synthetic-{args.synthetic}" if args.synthetic else args.survey or Path(args.from_disk).name
+    return load_input(args), name
 
 
 def build_parser() -> argparse.ArgumentParser:
