@@ -296,32 +296,21 @@ def load_pretraining_data(args: argparse.Namespace, window_size: int):
 def evaluate_reconstruction(model, dataloader, accelerator, use_weights: bool) -> dict[str, float]:
     """Validation metrics over the whole split (all processes): the official (weighted) masked RMSE
     ``sqrt(mean_windows(sum m w e² / sum m))``, the unweighted RMSE over probed points, and R²."""
+    from modeling_astromer.modeling_astromer import per_window_sum
+
     model.eval()
     rows = []
     for batch in dataloader:
         output = model(**batch)
         recon = output.reconstruction.float()
         labels = batch["labels"].float()
-        if "cu_seqlens" in batch:
-            from modeling_astromer.modeling_astromer import per_window_sum
-
-            cu = batch["cu_seqlens"]
-
-            def per_window(x: torch.Tensor) -> torch.Tensor:
-                return per_window_sum(x, cu)
-            real = batch["sequence_index"] >= 0
-        else:
-            def per_window(x: torch.Tensor) -> torch.Tensor:
-                return x.sum(dim=-1)
-            real = torch.ones(labels.shape[0], dtype=torch.bool, device=labels.device)
+        cu_seqlens = batch.get("cu_seqlens")  # packed batches: sums per packed window; fillers dropped below
         mask = batch["loss_mask"].float()
         weights = batch["loss_weights"].float() if use_weights else torch.ones_like(mask)
         squared = (labels - recon).pow(2) * mask
-        count = per_window(mask)
-        label_sum = per_window(labels * mask)
-        label_sq = per_window(labels.pow(2) * mask)
-        stats = torch.stack([per_window(squared * weights), count, per_window(squared), label_sum, label_sq], -1)
-        rows.append(stats[real])
+        sums = [squared * weights, mask, squared, labels * mask, labels.pow(2) * mask]
+        stats = torch.stack([per_window_sum(x, cu_seqlens) for x in sums], -1)
+        rows.append(stats if cu_seqlens is None else stats[batch["sequence_index"] >= 0])
     stats = accelerator.gather_for_metrics(torch.cat(rows)).double()
     model.train()
     weighted, count, squared, label_sum, label_sq = stats.unbind(-1)
