@@ -371,6 +371,8 @@ class AstromerPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = False
     _supports_attention_backend = True
     _can_record_outputs = {"hidden_states": AstromerLayer, "attentions": AstromerAttention}
+    # Released checkpoints carry the pretraining head; the encoder and the classifier load them without it.
+    _keys_to_ignore_on_load_unexpected = [r"^reconstruction_head\."]
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
