@@ -137,11 +137,14 @@ def masked_rmse_loss(
     loss_mask: torch.Tensor,
     loss_weights: torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The official uncertainty-weighted masked RMSE (main-code `custom_rmse`).
 
     `sqrt( mean_b [ sum_t m w (y - y_hat)^2 / sum_t m ] )`, a window with no probed position contributing 0 to the
-    mean (it still counts in B). Inputs are `(B, L)`, or packed `(1, T)` with `cu_seqlens`.
+    mean (it still counts in B). Inputs are `(B, L)`, or packed `(1, T)` with `cu_seqlens`. With `attention_mask`,
+    B counts only windows with at least one observation, so the filler sequences of a fixed token budget do not
+    dilute the mean.
     """
     squared = (target - prediction).pow(2) * loss_mask
     if loss_weights is not None:
@@ -149,7 +152,10 @@ def masked_rmse_loss(
     numerator = per_window_sum(squared, cu_seqlens)
     denominator = per_window_sum(loss_mask.to(squared.dtype), cu_seqlens)
     per_window = torch.where(denominator > 0, numerator / denominator.clamp_min(1e-12), 0.0)
-    return per_window.mean().sqrt()
+    if attention_mask is None:
+        return per_window.mean().sqrt()
+    observed = (per_window_sum(attention_mask.to(squared.dtype), cu_seqlens) > 0).to(squared.dtype)
+    return ((per_window * observed).sum() / observed.sum().clamp_min(1)).sqrt()
 
 
 def masked_r2_score(
@@ -710,7 +716,7 @@ class AstromerForMaskedReconstruction(AstromerPreTrainedModel):
                         raise ValueError("packed inputs need precomputed `loss_weights` (the packing collator adds them)")
                     weights = compute_loss_weights(_squeeze_channel(errors, "errors"), attention_mask)
                     weights = weights.to(reconstruction.dtype)
-            loss = masked_rmse_loss(reconstruction, labels, loss_mask, weights, cu_seqlens)
+            loss = masked_rmse_loss(reconstruction, labels, loss_mask, weights, cu_seqlens, attention_mask)
             r2 = masked_r2_score(reconstruction.detach(), labels, loss_mask, cu_seqlens)
 
         return AstromerMaskedReconstructionOutput(

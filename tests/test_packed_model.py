@@ -231,3 +231,20 @@ def test_astromer1_refuses_packed_inputs():
     with pytest.raises(ValueError, match="Astromer 1 .*cannot run on packed sequences"):
         model(magnitudes=batch["magnitudes"], times=batch["times"], cu_seqlens=batch["cu_seqlens"],
               max_seqlen=batch["max_seqlen"])
+
+
+@needs_kernel
+def test_token_budget_fillers_do_not_change_loss_or_r2():
+    """Filler sequences of a fixed token budget (static shapes) are not windows: loss and R² equal the padded ones."""
+    windows = synthetic_windows([150, 37, 90, 5], seed=3)
+    padded = AstromerMaskingCollator(seed=1)(windows)
+    packed = AstromerPackingCollator(max_tokens=400, max_seqlen=200, pad_to_budget=True, max_sequences=8)(padded)
+    assert int((packed["sequence_index"] < 0).sum()) > 0  # the budget really added filler sequences
+    torch.manual_seed(0)
+    model = AstromerForMaskedReconstruction(small_a2_config(num_hidden_layers=2)).eval()
+    with torch.no_grad():
+        reference = model(**{k: v for k, v in padded.items() if k != "errors"})
+        model.set_attn_implementation("astromer_varlen")
+        result = model(**{k: v for k, v in packed.items() if k not in ("errors", "sequence_index")})
+    assert float(result.loss) == pytest.approx(float(reference.loss), rel=1e-5)
+    assert float(result.r2) == pytest.approx(float(reference.r2), rel=1e-5)
