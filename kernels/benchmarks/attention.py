@@ -18,7 +18,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -260,7 +260,6 @@ def attention_suite(device, cases: list[Case], modes: list[str], deadline: float
     rows = []
     for case in cases:
         sets = [Inputs(case, 1000 * s + 7, device) for s in range(N_SETS)]
-        x0 = sets[0]
         useful_flop = sum(4 * L * L * HEADS * HEAD_DIM for L in case.lengths)
         valid = sum(case.lengths)
         all_full = case.mix == "all200" and case.mask == "none"
