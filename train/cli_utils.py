@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,49 +17,45 @@ class UsageError(ValueError):
     """Invalid command-line arguments; entry points print the message and return exit status 2."""
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _number_type(convert, accept, expected: str):
+    """An argparse ``type`` that converts with ``convert`` and keeps only values for which ``accept`` is true."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+
+    parse.__name__ = expected  # argparse names the type in its messages
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+positive_int = _number_type(int, lambda v: v >= 1, "a positive integer")
+non_negative_int = _number_type(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _number_type(float, lambda v: 0 < v < float("inf"), "a positive finite number")
+fraction = _number_type(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
-    return value
+def configure_logging() -> None:
+    """Warnings from libraries, progress messages from the training tools."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("astromer_train").setLevel(logging.INFO)
 
 
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
-    return value
+def usage_error(parser: argparse.ArgumentParser, exc: Exception) -> int:
+    """Print ``exc`` the way argparse prints its own errors; returns the exit status 2."""
+    parser.print_usage(sys.stderr)
+    print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+    return 2
 
 
-def prepare_output_dir(path: str | Path, overwrite: bool, resume: bool = False) -> Path:
+def prepare_output_dir(path: str | Path, overwrite: bool, resume: bool | None = None) -> Path:
     """Check that ``path`` may be written: a missing or empty folder always; an existing non-empty one only with
-    ``overwrite`` (its contents are removed) or ``resume`` (kept). A file in the way is an error."""
+    ``overwrite`` (its contents are removed) or ``resume`` (kept; ``None`` for commands without ``--resume``, which
+    then are not suggested it). A file in the way is an error."""
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise UsageError(f"output path {out} exists and is not a folder")
@@ -77,22 +75,8 @@ def clear_output_dir(out: Path) -> None:
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
 
-def write_json_atomic(path: str | Path, payload: Any) -> None:
-    """Write JSON to a temporary sibling and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True, default=str)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to a temporary sibling and rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -103,6 +87,11 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> None:
+    """Write JSON to a temporary sibling and rename it into place."""
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def reset_accelerate_state() -> None:
@@ -119,12 +108,14 @@ def reset_accelerate_state() -> None:
 __all__ = [
     "UsageError",
     "clear_output_dir",
+    "configure_logging",
     "fraction",
     "non_negative_int",
     "positive_float",
     "positive_int",
     "prepare_output_dir",
     "reset_accelerate_state",
+    "usage_error",
     "write_json_atomic",
     "write_text_atomic",
 ]

@@ -147,7 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from astromer_train.cli_utils import (
         UsageError,
         clear_output_dir,
+        configure_logging,
         prepare_output_dir,
+        usage_error,
         write_json_atomic,
         write_text_atomic,
     )
@@ -158,8 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("astromer_train").setLevel(logging.INFO)
+    configure_logging()
     try:
         validate_args(args)
         output_dir = prepare_output_dir(args.output_dir, args.overwrite)
@@ -179,9 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "n_test_light_curves": result["test"]["light_curve"]["n"],
             })
     except (UsageError, DataSourceError, FoldError) as exc:
-        parser.print_usage(sys.stderr)
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
+        return usage_error(parser, exc)
     summary = summarise(runs, args.spc)
     name = args.dataset_name or (f"synthetic {args.survey}" if args.synthetic else Path(args.folds_dir or args.dataset).name)
     table = markdown_table(name, summary, Path(args.model).name).replace("{pooling}", args.pooling)

@@ -335,15 +335,20 @@ def _training_arguments(args: argparse.Namespace, output_dir: Path):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point (``astromer finetune``); returns the exit status."""
-    from astromer_train.cli_utils import UsageError, clear_output_dir, prepare_output_dir
+    from astromer_train.cli_utils import (
+        UsageError,
+        clear_output_dir,
+        configure_logging,
+        prepare_output_dir,
+        usage_error,
+    )
     from astromer_train.data import DataSourceError
 
     from hub_datasets.folds import FoldError
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("astromer_train").setLevel(logging.INFO)
+    configure_logging()
     try:
         validate_args(args)
         output_dir = prepare_output_dir(args.output_dir, args.overwrite)
@@ -352,9 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         splits = load_split(args)
         results = run_finetune(args, splits, output_dir)
     except (UsageError, DataSourceError, FoldError) as exc:
-        parser.print_usage(sys.stderr)
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
+        return usage_error(parser, exc)
     test = results["test"]
     logger.info("test macro-F1: %.4f per window, %.4f per light curve (%s)", test["window"]["f1_macro"],
                 test["light_curve"]["f1_macro"], output_dir / "metrics.json")

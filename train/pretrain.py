@@ -571,20 +571,17 @@ def run_pretraining(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point (``astromer pretrain``); returns the exit status."""
-    from astromer_train.cli_utils import UsageError
+    from astromer_train.cli_utils import UsageError, configure_logging, usage_error
     from astromer_train.data import DataSourceError
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("astromer_train").setLevel(logging.INFO)
+    configure_logging()
     try:
         validate_args(args)
         summary = run_pretraining(args)
     except (UsageError, DataSourceError) as exc:
-        parser.print_usage(sys.stderr)
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
+        return usage_error(parser, exc)
     if os.environ.get("RANK", "0") == "0":
         logger.info("done: %s", json.dumps(summary))
     return 0
