@@ -1,4 +1,5 @@
-"""``attn_implementation="astromer_varlen"``: the varlen kernel behind transformers' attention interface.
+"""``attn_implementation="astromer_varlen"`` (the varlen kernel) and ``"astromer_blocked"`` (blocked GEMM attention,
+the fast CPU path in bf16) behind transformers' attention interface.
 
 Two calling modes (query/key/value arrive as ``(B, H, L, D)``, the HF convention; the result is ``(B, L, H, D)``):
 
@@ -14,29 +15,33 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .attention.blocked import blocked_attention, blocked_varlen_attention
 from .attention.ops import varlen_attention
 
 IMPLEMENTATION_NAME = "astromer_varlen"
+BLOCKED_IMPLEMENTATION_NAME = "astromer_blocked"
 
 
-def _key_visibility(attention_mask: torch.Tensor, batch: int, length: int) -> torch.Tensor:
+def _key_visibility(
+    attention_mask: torch.Tensor, batch: int, length: int, name: str = IMPLEMENTATION_NAME
+) -> torch.Tensor:
     """``(B, L)`` bool key visibility from a 4-D key-only mask ``(B, 1|H, Lq|1, L)`` (bool, or additive float)."""
     if attention_mask.dim() != 4 or attention_mask.shape[-1] != length:
         raise ValueError(
-            f"{IMPLEMENTATION_NAME}: expected a 4-D attention mask (B, 1, L, L) for L={length}; got "
+            f"{name}: expected a 4-D attention mask (B, 1, L, L) for L={length}; got "
             f"{tuple(attention_mask.shape)}"
         )
     allowed = attention_mask if attention_mask.dtype == torch.bool else attention_mask > torch.finfo(
         attention_mask.dtype).min / 2
     if not torch.compiler.is_compiling() and not bool((allowed == allowed[:, :1, :1, :]).all()):
         raise ValueError(
-            f"{IMPLEMENTATION_NAME} supports key-only masks (every query row sees the same keys), like Astromer 2's "
+            f"{name} supports key-only masks (every query row sees the same keys), like Astromer 2's "
             "key mask; this mask differs between query rows (Astromer 1's query-key bias needs eager or sdpa)"
         )
     if attention_mask.dtype != torch.bool and not torch.compiler.is_compiling():
         finite = attention_mask[allowed]
         if finite.numel() and bool((finite != 0).any()):
-            raise ValueError(f"{IMPLEMENTATION_NAME}: additive masks must be 0 (attend) or very negative (hide)")
+            raise ValueError(f"{name}: additive masks must be 0 (attend) or very negative (hide)")
     return allowed[:, 0, 0, :].expand(batch, length)
 
 
@@ -98,8 +103,49 @@ def astromer_varlen_attention_forward(
     return out.view(batch, length, heads, value.shape[-1]), None
 
 
+def astromer_blocked_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    max_length_q: int | None = None,
+    key_bias: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Blocked GEMM attention (:mod:`astromer_kernels.attention.blocked`); arguments and modes as
+    :func:`astromer_varlen_attention_forward` (padded with a key-only mask, or packed with ``cu_seq_lens_q``).
+
+    Returns:
+        ``(attn_output (B, L, H, D), None)``.
+    """
+    name = BLOCKED_IMPLEMENTATION_NAME
+    if dropout:
+        raise ValueError(f"{name} has no attention-probability dropout; got dropout={dropout}")
+    batch, heads, length, head_dim = query.shape
+    if cu_seq_lens_q is not None:
+        if batch != 1 or attention_mask is not None:
+            raise ValueError(f"{name}: packed inputs need batch size 1 and `key_bias` instead of an attention_mask")
+        out = blocked_varlen_attention(
+            query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), cu_seq_lens_q,
+            int(max_length_q or length), key_bias=key_bias, softmax_scale=scaling,
+        )
+        return out.unsqueeze(0), None
+    if key_bias is not None:
+        raise ValueError(f"{name}: `key_bias` is only used with packed inputs (`cu_seq_lens_q`)")
+    bias = None
+    if attention_mask is not None:
+        visible = _key_visibility(attention_mask, batch, length, name)
+        bias = torch.zeros((batch, length), dtype=torch.float32, device=query.device).masked_fill(
+            ~visible, float("-inf"))
+    return blocked_attention(query, key, value, key_bias=bias, softmax_scale=scaling), None
+
+
 def register_astromer_varlen() -> None:
-    """Register ``"astromer_varlen"`` with transformers' attention AND mask interfaces.
+    """Register ``"astromer_varlen"`` and ``"astromer_blocked"`` with transformers' attention AND mask interfaces.
 
     The mask entry matters: without it ``create_bidirectional_mask`` returns ``None`` for unknown implementations and
     padding would be silently attended (hf_integration.md, pitfall 1). ``sdpa_mask`` gives the 4-D bool mask that the
@@ -110,3 +156,5 @@ def register_astromer_varlen() -> None:
 
     AttentionInterface.register(IMPLEMENTATION_NAME, astromer_varlen_attention_forward)
     AttentionMaskInterface.register(IMPLEMENTATION_NAME, sdpa_mask)
+    AttentionInterface.register(BLOCKED_IMPLEMENTATION_NAME, astromer_blocked_attention_forward)
+    AttentionMaskInterface.register(BLOCKED_IMPLEMENTATION_NAME, sdpa_mask)

@@ -24,7 +24,7 @@ from transformers.utils.output_capturing import capture_outputs
 from .configuration_astromer import AstromerConfig
 
 # Attention implementations that consume packed tokens through `cu_seq_lens_q` instead of a dense mask.
-VARLEN_ATTENTION_IMPLEMENTATIONS = ("astromer_varlen",)
+VARLEN_ATTENTION_IMPLEMENTATIONS = ("astromer_varlen", "astromer_blocked")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -78,13 +78,13 @@ def unpack_to_padded(packed_values, cu_seqlens, width):
     return out
 
 
-def assert_packed_equals_padded(windows, num_layers=6):
+def assert_packed_equals_padded(windows, num_layers=6, packed_implementation="astromer_varlen"):
     padded = AstromerMaskingCollator(seed=3)(windows)
     packed = AstromerPackingCollator(max_seqlen=200)(padded)
     config = small_a2_config(num_hidden_layers=num_layers)
     out_pad, grads_pad = run_reconstruction(config, padded, "sdpa")
     out_pack, grads_pack = run_reconstruction(small_a2_config(num_hidden_layers=num_layers), packed,
-                                              "astromer_varlen")
+                                              packed_implementation)
     real = padded["attention_mask"].bool()
     recon = unpack_to_padded(out_pack.reconstruction, packed["cu_seqlens"], real.shape[1])
     torch.testing.assert_close(recon[real], out_pad.reconstruction[real], atol=2e-5, rtol=1e-4)
@@ -175,23 +175,57 @@ def test_a2_packed_equals_padded_real_sdss_curves(shared_dir):
     assert_packed_equals_padded(sdss_windows(shared_dir), num_layers=2)
 
 
-@needs_kernel
-def test_varlen_implementation_equals_sdpa_on_padded_batch():
+def test_a2_packed_blocked_equals_padded_sdpa():
+    """``astromer_blocked`` on packed tokens needs no Triton: length-sorted groups of GEMM attention."""
+    assert_packed_equals_padded(synthetic_windows([200, 37, 90, 5, 1, 64], seed=4), num_layers=2,
+                                packed_implementation="astromer_blocked")
+
+
+@pytest.mark.parametrize("implementation", [
+    pytest.param("astromer_varlen", marks=needs_kernel),
+    "astromer_blocked",
+])
+def test_implementation_equals_sdpa_on_padded_batch(implementation):
     padded = AstromerMaskingCollator(seed=1)(synthetic_windows([60, 17, 33], seed=2))
     inputs = {k: v for k, v in padded.items() if k != "errors"}
     results = {}
-    for implementation in ("sdpa", "astromer_varlen"):
-        config = small_a2_config(num_hidden_layers=2)
-        config._attn_implementation = implementation
-        torch.manual_seed(0)
-        model = AstromerForMaskedReconstruction(config).eval()
-        results[implementation] = model(**inputs)
+    for name in ("sdpa", implementation):
+        results[name] = run_reconstruction(small_a2_config(num_hidden_layers=2), inputs, name)
+    (out_sdpa, grads_sdpa), (out, grads) = results["sdpa"], results[implementation]
     real = padded["attention_mask"].bool()
     # every position (padding included) gets the same output as sdpa, as in TF
-    torch.testing.assert_close(results["astromer_varlen"].last_hidden_state,
-                               results["sdpa"].last_hidden_state, atol=2e-5, rtol=1e-4)
-    torch.testing.assert_close(results["astromer_varlen"].loss, results["sdpa"].loss, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out.last_hidden_state, out_sdpa.last_hidden_state, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(out.loss, out_sdpa.loss, atol=1e-6, rtol=1e-5)
+    assert grads.keys() == grads_sdpa.keys() and len(grads) > 0
+    for name in grads:
+        torch.testing.assert_close(grads[name], grads_sdpa[name], atol=1e-6, rtol=2e-4, msg=lambda m, n=name: f"{n}: {m}")
     assert real.sum() < real.numel()  # the batch really was padded
+
+
+def test_blocked_bf16_autocast_error_is_no_worse_than_sdpa():
+    """Under bf16 autocast the blocked path rounds scores and probabilities to bf16 (as eager does); its error
+    against fp32 must stay within twice that of sdpa's bf16 run on the same batch."""
+    padded = AstromerMaskingCollator(seed=2)(synthetic_windows([200, 120, 200, 45], seed=6))
+    inputs = {k: v for k, v in padded.items() if k != "errors"}
+    real = padded["attention_mask"].bool()
+    config = small_a2_config(num_hidden_layers=6)
+    torch.manual_seed(0)
+    model = AstromerForMaskedReconstruction(config).eval()
+    with torch.no_grad():
+        reference = model(**inputs)
+        errors = {}
+        for implementation in ("sdpa", "astromer_blocked"):
+            model.set_attn_implementation(implementation)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(**inputs)
+            errors[implementation] = (
+                float((out.reconstruction.float() - reference.reconstruction)[real].abs().max()),
+                abs(float(out.loss) - float(reference.loss)),
+            )
+    recon_sdpa, loss_sdpa = errors["sdpa"]
+    recon_blocked, loss_blocked = errors["astromer_blocked"]
+    assert 0 < recon_blocked <= max(2 * recon_sdpa, 1e-2), errors
+    assert loss_blocked <= max(2 * loss_sdpa, 2e-3), errors
 
 
 @needs_kernel

@@ -219,7 +219,7 @@ def test_padded_sdpa_fallback_matches_reference():
 
 
 def test_dispatch_falls_back_without_interpreter():
-    """With TRITON_INTERPRET unset and no GPU, varlen_attention must use padded SDPA (fresh interpreter)."""
+    """With TRITON_INTERPRET unset and no GPU, varlen_attention must use the CPU fallback (fresh interpreter)."""
     if CUDA:
         pytest.skip("on a GPU machine the compiled kernel is used")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

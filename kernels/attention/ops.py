@@ -4,7 +4,9 @@ Public entry point: :func:`varlen_attention`. Dispatch:
 
 * CUDA tensors (fp16/bf16/fp32) and a working Triton -> the compiled kernels (autotuned);
 * ``TRITON_INTERPRET=1`` and CPU tensors -> the same kernels under Triton's interpreter (CI, fp64 for gradcheck);
-* anything else -> :func:`~astromer_kernels.attention.reference.varlen_attention_padded_sdpa` (padded SDPA).
+* other CPU tensors -> :func:`~astromer_kernels.attention.blocked.blocked_varlen_attention` (length-sorted groups,
+  each padded to its own longest sequence, attention by batched GEMMs);
+* anything else (e.g. CUDA without Triton) -> :func:`~astromer_kernels.attention.reference.varlen_attention_padded_sdpa`.
 
 Ops: ``astromer::varlen_attn_fwd(q, k, v, cu_seqlens, max_seqlen, key_bias, softmax_scale) -> (o, lse)`` and
 ``astromer::varlen_attn_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, key_bias, softmax_scale) -> (dq, dk, dv)``,
@@ -20,6 +22,7 @@ import os
 
 import torch
 
+from .blocked import blocked_varlen_attention
 from .reference import varlen_attention_padded_sdpa
 
 try:
@@ -360,4 +363,6 @@ def varlen_attention(
             o, _ = varlen_attn_fwd(q, k, v, cu_seqlens, max_seqlen, key_bias, scale)
             return o
         return _VarlenAttention.apply(q, k, v, cu_seqlens, max_seqlen, key_bias, scale)
+    if q.device.type == "cpu":
+        return blocked_varlen_attention(q, k, v, cu_seqlens, max_seqlen, key_bias, scale)
     return varlen_attention_padded_sdpa(q, k, v, cu_seqlens, max_seqlen, key_bias, scale)

@@ -1,9 +1,13 @@
 """CPU benchmark: one full Astromer 2 training step (forward + backward + AdamW), padded vs packed.
 
-Run: ``PYTHONPATH=. python kernels/benchmarks/cpu_model_step.py`` (with ``astromer_kernels`` importable). The padded
-run uses ``attn_implementation="sdpa"`` on ``(B, 200)`` batches; the packed run uses ``"astromer_varlen"`` on
-``(1, T)`` tokens. Without a GPU (and without ``TRITON_INTERPRET``) ``astromer_varlen`` attention falls back to padded
-SDPA inside the layer, so the gain comes from the per-token work (projections, feed-forward, layer norms, head).
+Run: ``PYTHONPATH=. python kernels/benchmarks/cpu_model_step.py [--precision bf16]`` (with ``astromer_kernels``
+importable). Four runs per length mix, all in the same process:
+
+* padded ``(B, 200)`` batches with ``attn_implementation="sdpa"`` (the baseline of the ratios) and ``"astromer_blocked"``;
+* packed ``(1, T)`` tokens with ``"astromer_varlen"`` (without a GPU, and without ``TRITON_INTERPRET``, its attention
+  falls back to the blocked varlen path on CPU) and ``"astromer_blocked"``.
+
+``--precision bf16`` runs the step under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -49,17 +53,20 @@ def windows_for(lengths: list[int], gen: torch.Generator) -> list[dict]:
     return out
 
 
-def time_steps(implementation: str, batch: dict, repeats: int) -> list[float]:
+def time_steps(implementation: str, batch: dict, repeats: int, precision: str = "fp32") -> list[float]:
     config = AstromerConfig.astromer2(hidden_dropout_prob=0.0)
     config._attn_implementation = implementation
     torch.manual_seed(0)
     model = AstromerForMaskedReconstruction(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     inputs = {k: v for k, v in batch.items() if k not in ("sequence_index", "errors")}
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     times = []
     for i in range(repeats + 1):
         start = time.perf_counter()
-        model(**inputs).loss.backward()
+        with autocast:
+            loss = model(**inputs).loss
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if i:  # the first step warms up allocators and caches
@@ -73,22 +80,28 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--mixes", default="lognormal80,60/40,all200")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import modeling_astromer  # noqa: F401  registers astromer_varlen
 
-    print(f"torch {torch.__version__}, {args.threads} threads, B={args.windows} windows, A2 (6 layers, d=256)")
-    print(f"{'mix':12s} {'useful':>7s} {'padded ms':>10s} {'packed ms':>10s} {'speed-up':>9s} {'1/useful':>9s}")
+    runs = (("padded", "sdpa"), ("padded", "astromer_blocked"), ("packed", "astromer_varlen"),
+            ("packed", "astromer_blocked"))
+    print(f"torch {torch.__version__}, {args.threads} threads, B={args.windows} windows, A2 (6 layers, d=256), "
+          f"{args.precision}; ms per step (median of {args.repeats}) and speed-up over padded sdpa")
+    print(f"| mix | useful | 1/useful | " + " | ".join(f"{layout} {impl}" for layout, impl in runs) + " |")
+    print("|" + "---|" * (3 + len(runs)))
     for mix in args.mixes.split(","):
         gen = torch.Generator().manual_seed(0)
         lengths = lengths_for(mix, args.windows, gen)
         padded = AstromerMaskingCollator(seed=0)(windows_for(lengths, gen))
         packed = AstromerPackingCollator(max_seqlen=MAX_LEN)(padded)
-        t_pad = statistics.median(time_steps("sdpa", padded, args.repeats)) * 1e3
-        t_pack = statistics.median(time_steps("astromer_varlen", packed, args.repeats)) * 1e3
+        inputs = {"padded": padded, "packed": packed}
+        times = [statistics.median(time_steps(impl, inputs[layout], args.repeats, args.precision)) * 1e3
+                 for layout, impl in runs]
         useful = sum(lengths) / (len(lengths) * MAX_LEN)
-        print(f"{mix:12s} {useful:7.1%} {t_pad:10.1f} {t_pack:10.1f} {t_pad / t_pack:8.2f}x {1 / useful:8.2f}x",
-              flush=True)
+        cells = " | ".join(f"{t:.0f} ({times[0] / t:.2f}x)" for t in times)
+        print(f"| {mix} | {useful:.1%} | {1 / useful:.2f}x | {cells} |", flush=True)
 
 
 if __name__ == "__main__":

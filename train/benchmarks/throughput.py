@@ -99,6 +99,10 @@ def measure(config, implementation: str, precision: str, batch: dict, repeats: i
         inputs = AstromerPackingCollator(max_seqlen=200)(dict(batch))
         inputs.pop("sequence_index")
     else:
+        if implementation.startswith("astromer_"):
+            from astromer_kernels.hf_attention import register_astromer_varlen
+
+            register_astromer_varlen()
         model.set_attn_implementation(implementation)
     inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

@@ -1,0 +1,176 @@
+"""Blocked GEMM attention (``astromer_blocked``, and the CPU fallback of ``varlen_attention``) vs float64 references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from astromer_kernels.attention.blocked import blocked_attention, blocked_varlen_attention
+from astromer_kernels.attention.reference import varlen_attention_reference
+
+TOL = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(atol=1e-5, rtol=1e-5),
+       torch.float16: dict(atol=1e-2, rtol=1e-2), torch.bfloat16: dict(atol=6e-2, rtol=6e-2)}
+
+
+def padded_problem(batch=5, heads=2, length=37, head_dim=16, mask="key", seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    # (B, L, H, D) memory viewed as (B, H, L, D), the layout attention modules pass
+    q, k, v = (torch.randn(batch, length, heads, head_dim, generator=gen, dtype=torch.float64).transpose(1, 2)
+               for _ in range(3))
+    hidden = torch.rand(batch, length, generator=gen) < 0.4
+    hidden[:, 0] = False
+    bias = None
+    if mask == "key":
+        bias = torch.zeros(batch, length, dtype=torch.float64).masked_fill(hidden, float("-inf"))
+    elif mask == "finite":
+        bias = torch.zeros(batch, length, dtype=torch.float64).masked_fill(hidden, -1e9)
+    grad_out = torch.randn(batch, length, heads, head_dim, generator=gen, dtype=torch.float64)
+    return q, k, v, bias, grad_out
+
+
+def sdpa_fp64(q, k, v, bias, grad_out, scale=None):
+    ins = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+    mask = None if bias is None else bias.double()[:, None, None, :]
+    out = F.scaled_dot_product_attention(*ins, attn_mask=mask, scale=scale).transpose(1, 2)
+    return out.detach(), torch.autograd.grad(out, ins, grad_out.double())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("mask", ["none", "key", "finite"])
+def test_padded_forward_and_grads_match_fp64(dtype, mask):
+    q, k, v, bias, grad_out = padded_problem(mask=mask)
+    ins = [t.to(dtype).requires_grad_(True) for t in (q, k, v)]
+    out = blocked_attention(*ins, key_bias=None if bias is None else bias.float(), windows_per_block=2)
+    assert out.shape == (5, 37, 2, 16) and out.dtype == dtype
+    grads = torch.autograd.grad(out, ins, grad_out.to(dtype))
+    expected, expected_grads = sdpa_fp64(*(t.to(dtype) for t in (q, k, v)), bias, grad_out.to(dtype))
+    torch.testing.assert_close(out.double(), expected, **TOL[dtype])
+    for name, got, ref in zip("qkv", grads, expected_grads):
+        torch.testing.assert_close(got.double(), ref, **TOL[dtype], msg=lambda m, n=name: f"d{n}: {m}")
+
+
+def test_block_size_does_not_change_results():
+    q, k, v, bias, grad_out = padded_problem(batch=7, mask="key", seed=3)
+    ins = [t.float().requires_grad_(True) for t in (q, k, v)]
+    results = []
+    for block in (1, 3, 7, 100):
+        out = blocked_attention(*ins, key_bias=bias.float(), softmax_scale=0.3, windows_per_block=block)
+        results.append((out, *torch.autograd.grad(out, ins, grad_out.float())))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_window_without_visible_key_gives_zero_output_and_grads():
+    q, k, v, bias, grad_out = padded_problem(batch=3, mask="key", seed=5)
+    bias[1] = float("-inf")
+    ins = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    out = blocked_attention(*ins, key_bias=bias)
+    grads = torch.autograd.grad(out, ins, grad_out)
+    assert torch.isfinite(out).all()
+    assert out[1].abs().max() == 0
+    for grad in grads:
+        assert torch.isfinite(grad).all() and grad[1].abs().max() == 0
+    expected, expected_grads = sdpa_fp64(q[[0, 2]], k[[0, 2]], v[[0, 2]], bias[[0, 2]], grad_out[[0, 2]])
+    torch.testing.assert_close(out[[0, 2]], expected, **TOL[torch.float64])
+    torch.testing.assert_close(grads[0][[0, 2]], expected_grads[0], **TOL[torch.float64])
+
+
+def test_gradcheck_fp64():
+    q, k, v, bias, _ = padded_problem(batch=2, heads=1, length=5, head_dim=3, mask="finite", seed=7)
+    ins = [t.contiguous().requires_grad_(True) for t in (q, k, v)]
+    assert torch.autograd.gradcheck(lambda a, b, c: blocked_attention(a, b, c, key_bias=bias, windows_per_block=1),
+                                    ins, fast_mode=True)
+
+
+def test_padded_errors_are_specific():
+    q = torch.randn(2, 2, 5, 4)
+    with pytest.raises(ValueError, match=r"\(B, H, L, D\)"):
+        blocked_attention(q, q[:, :, :4], q)
+    with pytest.raises(ValueError, match=r"key_bias must be \(B, L\) = \(2, 5\)"):
+        blocked_attention(q, q, q, key_bias=torch.zeros(2, 4))
+
+
+# --------------------------------------------------------------------------------------------- packed (varlen)
+def packed_problem(lengths, heads=2, head_dim=16, mask="key", seed=0, tail=0):
+    gen = torch.Generator().manual_seed(seed)
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.tensor(lengths).cumsum(0)
+    total = int(cu[-1]) + tail
+    q, k, v = torch.randn(3, total, heads, head_dim, generator=gen, dtype=torch.float64).unbind(0)
+    hidden = torch.rand(total, generator=gen) < 0.4
+    hidden[cu[:-1].long().clamp(max=max(total - 1, 0))] = False  # one visible key per sequence
+    fill = float("-inf") if mask == "key" else -1e9
+    bias = torch.zeros(total, dtype=torch.float64).masked_fill(hidden, fill)
+    return q, k, v, cu, bias
+
+
+@pytest.mark.parametrize("lengths", [[1], [17, 200], [200, 37, 0, 129, 1, 64, 65, 63, 17, 0], [3] * 40],
+                         ids=lambda x: "-".join(map(str, x[:6])))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+def test_varlen_matches_reference(lengths, dtype):
+    q, k, v, cu, bias = packed_problem(lengths, seed=len(lengths))
+    ins = [t.to(dtype).requires_grad_(True) for t in (q, k, v)]
+    out = blocked_varlen_attention(*ins, cu, max(lengths), key_bias=bias.float())
+    grad_out = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(dtype)
+    grads = torch.autograd.grad(out, ins, grad_out)
+    refs = [t.to(dtype).double().requires_grad_(True) for t in (q, k, v)]
+    expected = varlen_attention_reference(*refs, cu, bias.float().double())
+    expected_grads = torch.autograd.grad(expected, refs, grad_out.double())
+    torch.testing.assert_close(out.double(), expected.detach(), **TOL[dtype])
+    for got, ref in zip(grads, expected_grads):
+        torch.testing.assert_close(got.double(), ref, **TOL[dtype])
+
+
+def test_varlen_finite_bias_hidden_sequence_and_tail_tokens():
+    q, k, v, cu, bias = packed_problem([30, 0, 12, 5], mask="finite", seed=2, tail=4)
+    bias[30:42] = -1e9  # every key of the 12-token sequence carries the same finite bias: it cancels
+    bias[42:47] = float("-inf")  # the 5-token sequence sees nothing: zero output
+    ins = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    out = blocked_varlen_attention(*ins, cu, 30, key_bias=bias)
+    expected = varlen_attention_reference(*ins, cu, bias)
+    tol = dict(atol=1e-6, rtol=1e-6)  # scores of order 1e9 keep ~1e-7 absolute precision in fp64
+    torch.testing.assert_close(out, expected, **tol)
+    assert out[42:].abs().max() == 0  # the hidden sequence and the 4 tokens after cu_seqlens[-1]
+    grads = torch.autograd.grad(out.square().sum(), ins)
+    expected_grads = torch.autograd.grad(expected.square().sum(), ins)
+    for got, ref in zip(grads, expected_grads):
+        torch.testing.assert_close(got, ref, **tol)
+
+
+# --------------------------------------------------------------------------------------------- HF interface
+def test_hf_padded_mode_equals_sdpa_and_refuses_query_dependent_masks():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import bidirectional_mask_function, sdpa_mask
+
+    from astromer_kernels.hf_attention import astromer_blocked_attention_forward
+
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(3, 2, 70, 16, generator=gen) for _ in range(3))
+    visible = torch.rand(3, 70, generator=gen) > 0.3
+    visible[:, 0] = True
+    visible[1, 40:] = False
+    mask = sdpa_mask(batch_size=3, q_length=70, kv_length=70, attention_mask=visible,
+                     mask_function=bidirectional_mask_function, allow_is_bidirectional_skip=True)
+    module = torch.nn.Module()
+    module.is_causal = False
+    expected, _ = sdpa_attention_forward(module, q, k, v, mask, dropout=0.0, scaling=0.25, is_causal=False)
+    got, weights = astromer_blocked_attention_forward(module, q, k, v, mask, dropout=0.0, scaling=0.25)
+    assert weights is None and got.shape == (3, 70, 2, 16)
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=2e-5)
+    query_dependent = mask.clone()
+    query_dependent[0, 0, 1, 2] = ~query_dependent[0, 0, 1, 2]
+    with pytest.raises(ValueError, match="astromer_blocked supports key-only"):
+        astromer_blocked_attention_forward(module, q, k, v, query_dependent)
+
+
+def test_register_adds_blocked_to_both_interfaces():
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    from astromer_kernels.hf_attention import astromer_blocked_attention_forward, register_astromer_varlen
+
+    register_astromer_varlen()
+    assert AttentionInterface._global_mapping["astromer_blocked"] is astromer_blocked_attention_forward
+    assert AttentionMaskInterface._global_mapping["astromer_blocked"] is sdpa_mask
