@@ -84,7 +84,7 @@ def astromer_varlen_attention_forward(
         cu = cu_seq_lens_q.to(torch.int32)
         max_len = int(max_length_q) if max_length_q is not None else int((cu[1:] - cu[:-1]).max())
         out = varlen_attention(
-            query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), cu, max_len,
+            *(t.squeeze(0).transpose(0, 1) for t in (query, key, value)), cu, max_len,
             key_bias=key_bias, softmax_scale=scaling,
         )
         return out.unsqueeze(0), None
@@ -130,7 +130,7 @@ def astromer_blocked_attention_forward(
         if batch != 1 or attention_mask is not None:
             raise ValueError(f"{name}: packed inputs need batch size 1 and `key_bias` instead of an attention_mask")
         out = blocked_varlen_attention(
-            query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), cu_seq_lens_q,
+            *(t.squeeze(0).transpose(0, 1) for t in (query, key, value)), cu_seq_lens_q,
             int(max_length_q or length), key_bias=key_bias, softmax_scale=scaling,
         )
         return out.unsqueeze(0), None

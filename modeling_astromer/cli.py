@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from .allocator import keep_freed_memory
+
 __all__ = [
     "BUNDLED_WEIGHTS_DIR",
     "CLIError",
@@ -662,6 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``astromer`` console script; returns the exit status."""
     arguments = list(sys.argv[1:] if argv is None else argv)
+    keep_freed_memory()
     try:
         if arguments and arguments[0] in TRAIN_COMMANDS:
             return _run_module_main(TRAIN_COMMANDS[arguments[0]], arguments[1:], arguments[0])

@@ -207,9 +207,12 @@ class AstromerEmbeddings(nn.Module):
 
     def time_encoding(self, times: torch.Tensor) -> torch.Tensor:
         """`(..., L)` centred times in days -> `(..., L, D)`; sin on even, cos on odd dimensions, always in float32."""
-        angles = times.to(torch.float32).unsqueeze(-1) * self.time_frequencies.to(torch.float32)
-        even = torch.arange(angles.shape[-1], device=angles.device) % 2 == 0
-        return torch.where(even, torch.sin(angles), torch.cos(angles))
+        times = times.to(torch.float32).unsqueeze(-1)
+        frequencies = self.time_frequencies.to(torch.float32)
+        encoding = times.new_empty(*times.shape[:-1], frequencies.shape[0])
+        encoding[..., 0::2] = torch.sin(times * frequencies[0::2])
+        encoding[..., 1::2] = torch.cos(times * frequencies[1::2])
+        return encoding
 
     def forward(
         self, magnitudes: torch.Tensor, times: torch.Tensor, hidden_positions: torch.Tensor | None = None

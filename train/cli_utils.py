@@ -39,10 +39,15 @@ positive_float = _number_type(float, lambda v: 0 < v < float("inf"), "a positive
 fraction = _number_type(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
-def configure_logging() -> None:
-    """Warnings from libraries, progress messages from the training tools."""
+def configure_process() -> None:
+    """For a training entry point: warnings from libraries, progress messages from the training tools, and a CPU
+    allocator that keeps freed activations for the next step (:mod:`modeling_astromer.allocator`)."""
+    from modeling_astromer.allocator import keep_freed_memory
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("astromer_train").setLevel(logging.INFO)
+    logger = logging.getLogger("astromer_train")
+    logger.setLevel(logging.INFO)
+    logger.debug(keep_freed_memory())
 
 
 def usage_error(parser: argparse.ArgumentParser, exc: Exception) -> int:
@@ -108,7 +113,7 @@ def reset_accelerate_state() -> None:
 __all__ = [
     "UsageError",
     "clear_output_dir",
-    "configure_logging",
+    "configure_process",
     "fraction",
     "non_negative_int",
     "positive_float",

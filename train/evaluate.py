@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from astromer_train.cli_utils import (
         UsageError,
         clear_output_dir,
-        configure_logging,
+        configure_process,
         prepare_output_dir,
         usage_error,
         write_json_atomic,
@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    configure_logging()
+    configure_process()
     try:
         validate_args(args)
         output_dir = prepare_output_dir(args.output_dir, args.overwrite)

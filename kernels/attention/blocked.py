@@ -19,6 +19,7 @@ Entry points:
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -30,21 +31,35 @@ def _windows_per_block(length: int) -> int:
     return max(1, SCORE_BUDGET_PER_HEAD // max(1, length * length))
 
 
+def _block_forward(q, k, v, bias, scale: float) -> torch.Tensor:
+    """One block: q, k, v ``(n·H, L, D)`` contiguous, bias ``(n·H, 1, L)`` -> ``(n·H, L, D)``."""
+    probabilities = torch.softmax(torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale), -1)
+    return torch.bmm(probabilities, v)
+
+
+def _block_backward(q, k, v, bias, grad_o, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of :func:`_block_forward` for ``grad_o`` ``(n·H, L, D)``; the probabilities are recomputed."""
+    probabilities = torch.softmax(torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale), -1)
+    grad_v = torch.bmm(probabilities.transpose(1, 2), grad_o)
+    grad_p = torch.bmm(grad_o, v.transpose(1, 2))
+    grad_s = torch._softmax_backward_data(grad_p, probabilities, -1, probabilities.dtype)
+    grad_q = torch.bmm(grad_s, k).mul_(scale)
+    grad_k = torch.bmm(grad_s.transpose(1, 2), q).mul_(scale)
+    return grad_q, grad_k, grad_v
+
+
 class _BlockedSoftmaxAttention(torch.autograd.Function):
     """q, k, v ``(B, H, L, D)`` (any strides), bias ``(B, 1, L)`` in q's dtype -> output ``(B, L, H, D)``."""
 
     @staticmethod
     def forward(ctx, query, key, value, bias, scale: float, block: int):
-        batch, heads, length, head_dim = query.shape
+        batch, heads, length, _ = query.shape
         out = query.new_empty(batch, length, heads, value.shape[-1])
         for start in range(0, batch, block):
             rows = slice(start, min(start + block, batch))
-            q, k, v = (_flat(t[rows]) for t in (query, key, value))
-            probabilities = torch.softmax(
-                torch.baddbmm(_per_head(bias[rows], heads), q, k.transpose(1, 2), alpha=scale), -1
-            )
-            attended = torch.bmm(probabilities, v)
-            out[rows] = attended.view(-1, heads, length, v.shape[-1]).transpose(1, 2)
+            attended = _block_forward(*(_flat(t[rows]) for t in (query, key, value)), _per_head(bias[rows], heads),
+                                      scale)
+            out[rows] = attended.view(-1, heads, length, value.shape[-1]).transpose(1, 2)
         ctx.save_for_backward(query, key, value, bias)
         ctx.scale, ctx.block = scale, block
         return out
@@ -52,26 +67,71 @@ class _BlockedSoftmaxAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         query, key, value, bias = ctx.saved_tensors
-        scale, block = ctx.scale, ctx.block
-        batch, heads, length, head_dim = query.shape
+        batch, heads, length, _ = query.shape
         # Gradients are written in (B, L, H, D) memory order, which is what the projections' backward wants.
         grads = [torch.empty(batch, length, heads, t.shape[-1], dtype=t.dtype, device=t.device)
                  for t in (query, key, value)]
-        for start in range(0, batch, block):
-            rows = slice(start, min(start + block, batch))
-            q, k, v = (_flat(t[rows]) for t in (query, key, value))
-            grad_o = _flat(grad_out[rows].transpose(1, 2))
-            probabilities = torch.softmax(
-                torch.baddbmm(_per_head(bias[rows], heads), q, k.transpose(1, 2), alpha=scale), -1
-            )
-            grad_v = torch.bmm(probabilities.transpose(1, 2), grad_o)
-            grad_p = torch.bmm(grad_o, v.transpose(1, 2))
-            grad_s = torch._softmax_backward_data(grad_p, probabilities, -1, probabilities.dtype)
-            grad_q = torch.bmm(grad_s, k).mul_(scale)
-            grad_k = torch.bmm(grad_s.transpose(1, 2), q).mul_(scale)
-            for grad, part in zip(grads, (grad_q, grad_k, grad_v)):
+        for start in range(0, batch, ctx.block):
+            rows = slice(start, min(start + ctx.block, batch))
+            parts = _block_backward(*(_flat(t[rows]) for t in (query, key, value)), _per_head(bias[rows], heads),
+                                    _flat(grad_out[rows].transpose(1, 2)), ctx.scale)
+            for grad, part in zip(grads, parts):
                 grad[rows] = part.view(-1, heads, length, part.shape[-1]).transpose(1, 2)
         return (*(g.transpose(1, 2) for g in grads), None, None, None)
+
+
+class _Group(NamedTuple):
+    """Sequences attended together: token ``index`` ``(n, width)`` (padding repeats a real token), ``real`` ``(n,
+    width)`` bool, ``bias`` ``(n·H, 1, width)`` in the compute dtype (-inf on padding), the real tokens in order,
+    and their positions in the flattened ``(n·width)`` block (``None`` when the group has no padding)."""
+
+    index: torch.Tensor
+    real: torch.Tensor
+    bias: torch.Tensor
+    tokens: torch.Tensor
+    real_positions: torch.Tensor | None
+
+
+class _BlockedVarlenAttention(torch.autograd.Function):
+    """Packed q, k, v ``(T, H, D)`` and a list of :class:`_Group` -> ``(T, H, D)``; tokens in no group get 0."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, groups: list[_Group], scale: float):
+        out = q.new_zeros(q.shape[0], q.shape[1], v.shape[-1])
+        for group in groups:
+            attended = _block_forward(*(_gather(t, group.index) for t in (q, k, v)), group.bias, scale)
+            out.index_copy_(0, group.tokens, _scatter_rows(attended, group))
+        ctx.save_for_backward(q, k, v)
+        ctx.groups, ctx.scale = groups, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v = ctx.saved_tensors
+        grads = [torch.zeros_like(t) for t in (q, k, v)]
+        for group in ctx.groups:
+            # padded query rows must pass nothing back
+            grad_o = _gather(grad_out, group.index, zero=None if group.real_positions is None else ~group.real)
+            parts = _block_backward(*(_gather(t, group.index) for t in (q, k, v)), group.bias, grad_o, ctx.scale)
+            for grad, part in zip(grads, parts):
+                grad.index_copy_(0, group.tokens, _scatter_rows(part, group))
+        return (*grads, None, None)
+
+
+def _gather(x: torch.Tensor, index: torch.Tensor, zero: torch.Tensor | None = None) -> torch.Tensor:
+    """``(T, H, D)`` rows at ``index`` ``(n, width)`` -> contiguous ``(n·H, width, D)``."""
+    n, width = index.shape
+    rows = x.index_select(0, index.reshape(-1)).view(n, width, x.shape[1], x.shape[2])
+    if zero is not None:
+        rows = rows.masked_fill(zero[:, :, None, None], 0)
+    return rows.transpose(1, 2).reshape(-1, width, x.shape[2])
+
+
+def _scatter_rows(block: torch.Tensor, group: _Group) -> torch.Tensor:
+    """``(n·H, width, D)`` -> the real rows as ``(tokens, H, D)``, in the order of ``group.tokens``."""
+    n, width = group.index.shape
+    rows = block.view(n, -1, width, block.shape[-1]).transpose(1, 2).reshape(n * width, -1, block.shape[-1])
+    return rows if group.real_positions is None else rows.index_select(0, group.real_positions)
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -153,38 +213,36 @@ def blocked_varlen_attention(
     padded only to its own longest sequence, so short windows cost little.
     """
     del max_seqlen  # the groups' own lengths are used
-    total, heads, _ = q.shape
+    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    groups = _plan_groups(cu_seqlens, key_bias, q.shape[0], q.shape[1], q.dtype, q.device)
+    return _BlockedVarlenAttention.apply(q, k, v, groups, scale)
+
+
+def _plan_groups(cu_seqlens, key_bias, total: int, heads: int, dtype, device) -> list[_Group]:
+    """Length-sorted groups of sequences; sequences that are empty or have no visible key are left out (output 0)."""
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long().cpu()
     starts = cu_seqlens[:-1].long().cpu()
+    if key_bias is None:
+        key_bias = torch.zeros(total, dtype=torch.float32, device=device)
+    visible_tokens = torch.isfinite(key_bias).to(torch.int64).cumsum(0).cpu()
+    visible_tokens = torch.cat([visible_tokens.new_zeros(1), visible_tokens])
+    has_visible = visible_tokens[starts + lengths] > visible_tokens[starts]
     order = torch.argsort(lengths, descending=True, stable=True)
-    order = order[lengths[order] > 0]
-    bias_all = key_bias if key_bias is not None else torch.zeros(total, dtype=torch.float32, device=q.device)
-    pieces, token_index = [], []
-    position = 0
+    order = order[has_visible[order]]
+    groups, position = [], 0
     while position < order.numel():
         width = int(lengths[order[position]])
         count = min(_windows_per_block(width), order.numel() - position)
         members = order[position:position + count]
         position += count
         offsets = torch.arange(width)
-        index = starts[members, None] + offsets  # (n, width); positions past a sequence's end are padding
         real = offsets[None, :] < lengths[members, None]
-        index = torch.where(real, index, starts[members, None]).to(q.device)  # any in-range token; hidden below
-        flat = index.reshape(-1)
-        gathered = [t.index_select(0, flat).view(count, width, heads, -1).transpose(1, 2) for t in (q, k, v)]
-        bias = bias_all.index_select(0, flat).view(count, width)
-        bias = bias.masked_fill(~real.to(q.device), float("-inf"))
-        out = blocked_attention(*gathered, key_bias=bias, softmax_scale=softmax_scale, windows_per_block=count)
-        real_flat = real.reshape(-1).to(q.device)
-        pieces.append(out.reshape(-1, heads, out.shape[-1])[real_flat])
-        token_index.append(flat[real_flat])
-    used = int(cu_seqlens[-1])
-    if not pieces:
-        return q.new_zeros(total, heads, v.shape[-1])
-    packed = torch.cat(pieces)
-    inverse = torch.empty(used, dtype=torch.long, device=q.device)
-    inverse[torch.cat(token_index)] = torch.arange(used, device=q.device)
-    out = packed.index_select(0, inverse)
-    if used < total:
-        out = torch.cat([out, out.new_zeros(total - used, heads, v.shape[-1])])
-    return out
+        index = torch.where(real, starts[members, None] + offsets, starts[members, None]).to(device)
+        real = real.to(device)
+        bias = _bias_in(dtype, key_bias.index_select(0, index.reshape(-1)).view(count, width))
+        bias = bias.masked_fill(~real, float("-inf")).unsqueeze(1)
+        padded = not bool(real.all())
+        positions = real.reshape(-1).nonzero().squeeze(1) if padded else None
+        tokens = index.reshape(-1) if positions is None else index.reshape(-1).index_select(0, positions)
+        groups.append(_Group(index, real, _per_head(bias, heads), tokens, positions))
+    return groups

@@ -7,7 +7,8 @@ importable). Four runs per length mix, all in the same process:
 * packed ``(1, T)`` tokens with ``"astromer_varlen"`` (without a GPU, and without ``TRITON_INTERPRET``, its attention
   falls back to the blocked varlen path on CPU) and ``"astromer_blocked"``.
 
-``--precision bf16`` runs the step under bf16 autocast.
+``--precision bf16`` runs the step under bf16 autocast. Like the CLI, it first lets glibc keep freed memory
+(:mod:`modeling_astromer.allocator`); ``--default-allocator`` measures without that.
 """
 
 from __future__ import annotations
@@ -81,14 +82,18 @@ def main() -> None:
     parser.add_argument("--mixes", default="lognormal80,60/40,all200")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--default-allocator", action="store_true", help="leave glibc malloc at its defaults")
     args = parser.parse_args()
+    from modeling_astromer.allocator import keep_freed_memory
+
+    allocator = "allocator unchanged (--default-allocator)" if args.default_allocator else keep_freed_memory()
     torch.set_num_threads(args.threads)
     import modeling_astromer  # noqa: F401  registers astromer_varlen
 
     runs = (("padded", "sdpa"), ("padded", "astromer_blocked"), ("packed", "astromer_varlen"),
             ("packed", "astromer_blocked"))
     print(f"torch {torch.__version__}, {args.threads} threads, B={args.windows} windows, A2 (6 layers, d=256), "
-          f"{args.precision}; ms per step (median of {args.repeats}) and speed-up over padded sdpa")
+          f"{args.precision}, {allocator}; ms per step (median of {args.repeats}) and speed-up over padded sdpa")
     print(f"| mix | useful | 1/useful | " + " | ".join(f"{layout} {impl}" for layout, impl in runs) + " |")
     print("|" + "---|" * (3 + len(runs)))
     for mix in args.mixes.split(","):

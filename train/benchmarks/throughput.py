@@ -11,7 +11,11 @@ batch. It also measures the matmul rate in the same run (a GEMM mix with the mod
 and reports the model-FLOP utilisation = model FLOP/s ÷ that rate. Ratios are against the official TensorFlow
 numbers measured on a 2-core AMD EPYC Zen 4 (27.9 windows/s training, 81.7 windows/s inference).
 
-    python train/benchmarks/throughput.py [--repeats 5] [--threads 2] [--json out.json]
+Implementations: ``eager``, ``sdpa``, ``astromer_blocked`` (blocked GEMM attention, the CPU bf16 path) and
+``packed``. Like the ``astromer`` CLI and the training scripts, the benchmark first lets glibc keep freed memory
+(:mod:`modeling_astromer.allocator`); ``--default-allocator`` measures without that.
+
+    python train/benchmarks/throughput.py [--repeats 5] [--threads 2] [--json out.json] [--default-allocator]
 """
 
 from __future__ import annotations
@@ -148,11 +152,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (median), after one warm-up")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--implementations", nargs="+", default=["eager", "sdpa", "packed"])
+    parser.add_argument("--implementations", nargs="+", default=["eager", "sdpa", "astromer_blocked", "packed"])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda; TensorFlow ratios refer to the CPU")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc malloc at its defaults (freed activations go back to the kernel)")
     args = parser.parse_args(argv)
+    from modeling_astromer.allocator import keep_freed_memory
+
+    allocator = "allocator unchanged (--default-allocator)" if args.default_allocator else keep_freed_memory()
     torch.set_num_threads(args.threads)
     from modeling_astromer import AstromerConfig
 
@@ -192,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"torch {torch.__version__}, {where}, batch {args.batch_size}×200, Astromer 2 "
              f"({sum(p.numel() for p in __import__('modeling_astromer').AstromerForMaskedReconstruction(config).parameters()):,} params)",
              f"matmul rate (same run, model GEMM mix): fp32 {rates['fp32']:.1f} GFLOP/s, bf16 {rates['bf16']:.1f} GFLOP/s",
+             allocator,
              "", header, "|" + "---|" * 9]
     for r in rows:
         if "error" in r:
