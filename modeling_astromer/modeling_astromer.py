@@ -705,22 +705,26 @@ class AstromerForMaskedReconstruction(AstromerPreTrainedModel):
 
         loss = r2 = None
         if labels is not None:
-            labels = _squeeze_channel(labels, "labels").to(reconstruction.dtype)
+            # the loss is computed in at least fp32: under bf16 autocast, rounding the targets and the loss to bf16
+            # would cost about one part in 300 of every magnitude and of the loss itself
+            loss_dtype = torch.promote_types(reconstruction.dtype, torch.float32)
+            prediction = reconstruction.to(loss_dtype)
+            labels = _squeeze_channel(labels, "labels").to(loss_dtype)
             if attention_mask is None:
                 attention_mask = torch.ones_like(labels, dtype=torch.long)
             loss_mask = attention_mask if loss_mask is None else _squeeze_channel(loss_mask, "loss_mask")
-            loss_mask = loss_mask.to(reconstruction.dtype)
+            loss_mask = loss_mask.to(loss_dtype)
             weights = None
             if self.config.use_loss_weights:
                 if loss_weights is not None:
-                    weights = _squeeze_channel(loss_weights, "loss_weights").to(reconstruction.dtype)
+                    weights = _squeeze_channel(loss_weights, "loss_weights").to(loss_dtype)
                 elif errors is not None:
                     if cu_seqlens is not None:
                         raise ValueError("packed inputs need precomputed `loss_weights` (the packing collator adds them)")
                     weights = compute_loss_weights(_squeeze_channel(errors, "errors"), attention_mask)
-                    weights = weights.to(reconstruction.dtype)
-            loss = masked_rmse_loss(reconstruction, labels, loss_mask, weights, cu_seqlens, attention_mask)
-            r2 = masked_r2_score(reconstruction.detach(), labels, loss_mask, cu_seqlens)
+                    weights = weights.to(loss_dtype)
+            loss = masked_rmse_loss(prediction, labels, loss_mask, weights, cu_seqlens, attention_mask)
+            r2 = masked_r2_score(prediction.detach(), labels, loss_mask, cu_seqlens)
 
         return AstromerMaskedReconstructionOutput(
             loss=loss,

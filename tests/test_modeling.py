@@ -161,6 +161,20 @@ def test_loss_matches_definition_in_float64(model):
     )
 
 
+def test_loss_under_bf16_autocast_is_float32_against_unrounded_targets(model):
+    """Under bf16 autocast the reconstruction is bf16, but the loss and R² use fp32 targets and fp32 arithmetic."""
+    magnitudes, times, mask = _batch([200, 120], seed=5)
+    labels = magnitudes + 0.1234567  # not representable in bf16
+    loss_mask = mask.float()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(magnitudes, times, mask, labels=labels, loss_mask=loss_mask)
+    assert out.reconstruction.dtype == torch.bfloat16
+    assert out.loss.dtype == torch.float32 and out.r2.dtype == torch.float32
+    expected = masked_rmse_loss(out.reconstruction.double(), labels.double(), loss_mask.double(),
+                                attention_mask=mask)
+    assert float(out.loss) == pytest.approx(float(expected), rel=1e-6)
+
+
 def test_loss_weights_edge_cases():
     errors = torch.tensor([[0.1, 0.1, 0.1, 0.0], [0.1, 0.2, 0.4, 9.0]])
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0]])
