@@ -186,3 +186,30 @@ def test_existing_output_is_not_clobbered(tmp_path, env, capsys):
     assert evaluate.main(["--model", str(REPO / "nowhere"), "--synthetic", "10", "--output-dir", str(out)]) == 2
     assert precious.read_text() == "keep me"
     shutil.rmtree(out)
+
+
+def test_bf16_packed_blocked_pretraining_reports_to_tensorboard(tmp_path, env):
+    """CPU bf16 autocast with packed batches on astromer_blocked; TensorBoard gets the same scalars as the JSONL log."""
+    pytest.importorskip("tensorboard", reason="TensorBoard is optional (pip install tensorboard, or the dev extra)")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from astromer_train.pretrain import main
+
+    out = tmp_path / "tb"
+    assert main(["--synthetic", "40", *TINY, "--batch-size", "8", "--max-steps", "4", "--eval-every", "2",
+                 "--log-every", "1", "--mixed-precision", "bf16", "--attn-implementation", "astromer_blocked",
+                 "--packing", "--report-to", "all", "--quiet", "--output-dir", str(out)]) == 0
+    records = [json.loads(line) for line in (out / "logs" / "pretrain.jsonl").read_text().splitlines()]
+    config = next(r for r in records if r["event"] == "config")
+    assert config["mixed_precision_effective"] == "bf16" and config["attn_implementation"] == "astromer_blocked"
+    logged = {r["step"]: r["val/rmse"] for r in records if "val/rmse" in r}
+    assert sorted(logged) == [2, 4] and all(0 < v < 10 for v in logged.values())
+    in_tensorboard = {}
+    for path in (out / "logs").rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(path))
+        accumulator.Reload()
+        if "val/rmse" in accumulator.Tags()["scalars"]:
+            in_tensorboard = {e.step: e.value for e in accumulator.Scalars("val/rmse")}
+    assert in_tensorboard.keys() == logged.keys()
+    for step, value in logged.items():
+        assert in_tensorboard[step] == pytest.approx(value, rel=1e-6)
