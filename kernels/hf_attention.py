@@ -125,7 +125,7 @@ def astromer_blocked_attention_forward(
     name = BLOCKED_IMPLEMENTATION_NAME
     if dropout:
         raise ValueError(f"{name} has no attention-probability dropout; got dropout={dropout}")
-    batch, heads, length, head_dim = query.shape
+    batch, _, length, _ = query.shape
     if cu_seq_lens_q is not None:
         if batch != 1 or attention_mask is not None:
             raise ValueError(f"{name}: packed inputs need batch size 1 and `key_bias` instead of an attention_mask")
