@@ -45,6 +45,28 @@ def _key_visibility(
     return allowed[:, 0, 0, :].expand(batch, length)
 
 
+def _check_arguments(name: str, batch: int, dropout: float, attention_mask, cu_seq_lens_q, key_bias) -> None:
+    """The argument rules both implementations share (packed: B == 1 and ``key_bias``; padded: a dense mask)."""
+    if dropout:
+        raise ValueError(f"{name} has no attention-probability dropout; got dropout={dropout}")
+    if cu_seq_lens_q is not None:
+        if batch != 1:
+            raise ValueError(f"{name}: packed inputs need batch size 1, got {batch}")
+        if attention_mask is not None:
+            raise ValueError(f"{name}: packed inputs take `key_bias`, not a dense attention_mask")
+    elif key_bias is not None:
+        raise ValueError(f"{name}: `key_bias` is only used with packed inputs (`cu_seq_lens_q`)")
+
+
+def _padded_key_bias(name: str, attention_mask: torch.Tensor | None, batch: int, length: int,
+                     device: torch.device) -> torch.Tensor | None:
+    """``(B, L)`` float32 key bias (0 visible, -inf hidden) from a key-only 4-D mask, or None without a mask."""
+    if attention_mask is None:
+        return None
+    visible = _key_visibility(attention_mask, batch, length, name)
+    return torch.zeros((batch, length), dtype=torch.float32, device=device).masked_fill(~visible, float("-inf"))
+
+
 def astromer_varlen_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -73,14 +95,9 @@ def astromer_varlen_attention_forward(
     Returns:
         ``(attn_output (B, L, H, D), None)``; attention weights are never materialised.
     """
-    if dropout:
-        raise ValueError(f"{IMPLEMENTATION_NAME} has no attention-probability dropout; got dropout={dropout}")
-    batch, heads, length, head_dim = query.shape
+    batch, heads, length, _ = query.shape
+    _check_arguments(IMPLEMENTATION_NAME, batch, dropout, attention_mask, cu_seq_lens_q, key_bias)
     if cu_seq_lens_q is not None:
-        if batch != 1:
-            raise ValueError(f"{IMPLEMENTATION_NAME}: packed inputs need batch size 1, got {batch}")
-        if attention_mask is not None:
-            raise ValueError(f"{IMPLEMENTATION_NAME}: packed inputs take `key_bias`, not a dense attention_mask")
         cu = cu_seq_lens_q.to(torch.int32)
         max_len = int(max_length_q) if max_length_q is not None else int((cu[1:] - cu[:-1]).max())
         out = varlen_attention(
@@ -89,15 +106,11 @@ def astromer_varlen_attention_forward(
         )
         return out.unsqueeze(0), None
 
-    if key_bias is not None:
-        raise ValueError(f"{IMPLEMENTATION_NAME}: `key_bias` is only used with packed inputs (`cu_seq_lens_q`)")
     tokens = batch * length
     cu = torch.arange(0, tokens + 1, length, dtype=torch.int32, device=query.device)
-    bias = None
-    if attention_mask is not None:
-        visible = _key_visibility(attention_mask, batch, length)
-        bias = torch.zeros((batch, length), dtype=torch.float32, device=query.device)
-        bias = bias.masked_fill(~visible, float("-inf")).reshape(tokens)
+    bias = _padded_key_bias(IMPLEMENTATION_NAME, attention_mask, batch, length, query.device)
+    if bias is not None:
+        bias = bias.reshape(tokens)
     q, k, v = (t.transpose(1, 2).reshape(tokens, heads, t.shape[-1]) for t in (query, key, value))
     out = varlen_attention(q, k, v, cu, length, key_bias=bias, softmax_scale=scaling)
     return out.view(batch, length, heads, value.shape[-1]), None
@@ -123,24 +136,15 @@ def astromer_blocked_attention_forward(
         ``(attn_output (B, L, H, D), None)``.
     """
     name = BLOCKED_IMPLEMENTATION_NAME
-    if dropout:
-        raise ValueError(f"{name} has no attention-probability dropout; got dropout={dropout}")
     batch, _, length, _ = query.shape
+    _check_arguments(name, batch, dropout, attention_mask, cu_seq_lens_q, key_bias)
     if cu_seq_lens_q is not None:
-        if batch != 1 or attention_mask is not None:
-            raise ValueError(f"{name}: packed inputs need batch size 1 and `key_bias` instead of an attention_mask")
         out = blocked_varlen_attention(
             *(t.squeeze(0).transpose(0, 1) for t in (query, key, value)), cu_seq_lens_q,
             int(max_length_q or length), key_bias=key_bias, softmax_scale=scaling,
         )
         return out.unsqueeze(0), None
-    if key_bias is not None:
-        raise ValueError(f"{name}: `key_bias` is only used with packed inputs (`cu_seq_lens_q`)")
-    bias = None
-    if attention_mask is not None:
-        visible = _key_visibility(attention_mask, batch, length, name)
-        bias = torch.zeros((batch, length), dtype=torch.float32, device=query.device).masked_fill(
-            ~visible, float("-inf"))
+    bias = _padded_key_bias(name, attention_mask, batch, length, query.device)
     return blocked_attention(query, key, value, key_bias=bias, softmax_scale=scaling), None
 
 
