@@ -1,5 +1,5 @@
 """Fused kernels for Astromer (imported as ``astromer_kernels``)."""
 
-from .attention import varlen_attention
+from .attention import blocked_attention, varlen_attention
 
-__all__ = ["varlen_attention"]
+__all__ = ["blocked_attention", "varlen_attention"]

@@ -1,6 +1,6 @@
 """Blocked softmax attention built from batched GEMMs: the fast CPU path for bf16/fp16 training.
 
-On CPUs, PyTorch's SDPA (flash) kernel runs bf16 no faster than fp32, while bf16 GEMMs run about 4x faster than fp32
+On CPUs, PyTorch's SDPA (flash) kernel runs bf16 no faster than fp32, while bf16 GEMMs run 4-5x faster than fp32
 ones. This path computes attention a few windows at a time, so the ``(block, H, L, L)`` score tensor stays in cache,
 with one GEMM for the scores (scale and per-key bias fused through ``baddbmm``), one softmax (fp32 accumulation
 inside, output in the input dtype) and one GEMM for the values. The backward recomputes the probabilities block by
