@@ -195,7 +195,7 @@ def _require_kernel(q: torch.Tensor) -> None:
         raise RuntimeError(
             f"astromer::varlen_attn ops need Triton with a CUDA tensor (fp16/bf16/fp32) or TRITON_INTERPRET=1 with a "
             f"CPU tensor; got device={q.device}, dtype={q.dtype}, triton installed={HAS_TRITON}. "
-            "Use astromer_kernels.varlen_attention, which falls back to padded SDPA."
+            "Use astromer_kernels.varlen_attention, which falls back to blocked attention (CPU) or padded SDPA."
         )
 
 
