@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--no-loss-weights", action="store_true", help="unweighted masked RMSE")
     model.add_argument("--attn-implementation", choices=ATTENTION_IMPLEMENTATIONS, default="sdpa",
                        help="attention backend (default sdpa); on CPU with --mixed-precision bf16, astromer_blocked is "
-                            "about 1.3x faster per step")
+                            "1.2-1.5x faster per step")
     model.add_argument("--packing", action="store_true",
                        help="pack windows without padding (cu_seqlens); uses astromer_varlen unless "
                             "--attn-implementation astromer_blocked")
