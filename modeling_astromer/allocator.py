@@ -4,7 +4,7 @@ glibc serves allocations above ``M_MMAP_THRESHOLD`` (128 KiB at start, raised on
 and gives them back to the kernel on ``free``. An Astromer batch allocates and frees dozens of 5-30 MB activations per
 layer, so by default every step maps fresh pages and pays a page fault per 4 KiB. Raising the mmap threshold and the
 trim threshold lets ``free`` keep that memory for the next step. On the 2-core development machine,
-``train/benchmarks/throughput.py`` with and without ``--default-allocator`` gave 1.3-1.8x more training windows/s for
+``train/benchmarks/throughput.py`` with and without ``--default-allocator`` gave 1.15-2.1x more training windows/s for
 eager and sdpa attention; PyTorch's CPU performance guide gives the same advice (or jemalloc/tcmalloc via
 ``LD_PRELOAD``).
 
