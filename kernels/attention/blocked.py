@@ -23,6 +23,8 @@ from typing import NamedTuple
 
 import torch
 
+from .reference import key_bias_in_dtype
+
 #: Score elements per head held at once: 8 windows of 200 observations (2.5 MB of bf16 scores for 4 heads).
 SCORE_BUDGET_PER_HEAD = 8 * 200 * 200
 
@@ -144,14 +146,6 @@ def _per_head(bias: torch.Tensor, heads: int) -> torch.Tensor:
     return bias.unsqueeze(1).expand(-1, heads, -1, -1).reshape(-1, 1, bias.shape[-1])
 
 
-def _bias_in(dtype: torch.dtype, key_bias: torch.Tensor) -> torch.Tensor:
-    """Finite biases are clamped to half the dtype's range (-1e9 overflows fp16); -inf stays -inf."""
-    key_bias = key_bias.to(torch.promote_types(key_bias.dtype, dtype))
-    floor = torch.finfo(dtype).min / 2
-    finite = torch.isfinite(key_bias)
-    return torch.where(finite, key_bias.clamp(min=floor), key_bias).to(dtype)
-
-
 def blocked_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -191,7 +185,7 @@ def blocked_attention(
     all_visible = bool(visible.all())
     if not all_visible:  # no finite key: attend uniformly (no NaN), then zero the output and its gradient
         key_bias = torch.where(visible[:, None], key_bias, torch.zeros_like(key_bias))
-    bias = _bias_in(query.dtype, key_bias).unsqueeze(1)
+    bias = key_bias_in_dtype(key_bias, query.dtype).unsqueeze(1)
     out = _BlockedSoftmaxAttention.apply(query, key, value, bias, scale, block)
     return out if all_visible else out * visible[:, None, None, None].to(out.dtype)
 
@@ -239,7 +233,7 @@ def _plan_groups(cu_seqlens, key_bias, total: int, heads: int, dtype, device) ->
         real = offsets[None, :] < lengths[members, None]
         index = torch.where(real, starts[members, None] + offsets, starts[members, None]).to(device)
         real = real.to(device)
-        bias = _bias_in(dtype, key_bias.index_select(0, index.reshape(-1)).view(count, width))
+        bias = key_bias_in_dtype(key_bias.index_select(0, index.reshape(-1)).view(count, width), dtype)
         bias = bias.masked_fill(~real, float("-inf")).unsqueeze(1)
         padded = not bool(real.all())
         positions = real.reshape(-1).nonzero().squeeze(1) if padded else None

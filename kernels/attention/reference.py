@@ -82,6 +82,14 @@ def varlen_attention_reference(
     return torch.cat(pieces, dim=0)
 
 
+def key_bias_in_dtype(key_bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``key_bias`` cast to ``dtype`` with finite values clamped to half its range (Astromer's -1e9 would overflow
+    fp16 to -inf); -inf stays -inf."""
+    key_bias = key_bias.to(torch.promote_types(key_bias.dtype, dtype))
+    floor = torch.finfo(dtype).min / 2
+    return torch.where(torch.isfinite(key_bias), key_bias.clamp(min=floor), key_bias).to(dtype)
+
+
 def varlen_attention_padded_sdpa(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -115,9 +123,7 @@ def varlen_attention_padded_sdpa(
     visible = torch.isfinite(key_add).any(dim=1)  # (n,) sequence has at least one visible key
     # Sequences without any visible key: attend uniformly (finite) and zero the result afterwards.
     key_add = torch.where(visible[:, None], key_add, torch.zeros_like(key_add))
-    finite_floor = torch.finfo(q.dtype).min / 2  # e.g. -1e9 overflows fp16; keep finite biases finite
-    key_add = torch.where(torch.isfinite(key_add), key_add.clamp(min=finite_floor), key_add)
-    mask = key_add.to(q.dtype)[:, None, None, :]
+    mask = key_bias_in_dtype(key_add, q.dtype)[:, None, None, :]
     out = F.scaled_dot_product_attention(to_padded(q), to_padded(k), to_padded(v), attn_mask=mask, scale=scale)
     out = out.transpose(1, 2)[seq_id, pos]  # (used, H, D)
     out = torch.where(visible[seq_id][:, None, None], out, torch.zeros_like(out))

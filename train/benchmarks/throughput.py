@@ -98,20 +98,16 @@ def measure(config, implementation: str, precision: str, batch: dict, repeats: i
     torch.manual_seed(0)
     model = AstromerForMaskedReconstruction(config).to(device)
     inputs = dict(batch)
-    if implementation == "packed":
-        from astromer_kernels.hf_attention import register_astromer_varlen
+    from astromer_kernels.hf_attention import register_astromer_varlen
 
+    register_astromer_varlen()  # astromer_varlen and astromer_blocked
+    if implementation == "packed":
         from modeling_astromer.packing import AstromerPackingCollator
 
-        register_astromer_varlen()
         model.set_attn_implementation("astromer_varlen")
         inputs = AstromerPackingCollator(max_seqlen=200)(dict(batch))
         inputs.pop("sequence_index")
     else:
-        if implementation.startswith("astromer_"):
-            from astromer_kernels.hf_attention import register_astromer_varlen
-
-            register_astromer_varlen()
         model.set_attn_implementation(implementation)
     inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
