@@ -189,7 +189,8 @@ def test_existing_output_is_not_clobbered(tmp_path, env, capsys):
 
 
 def test_bf16_packed_blocked_pretraining_reports_to_tensorboard(tmp_path, env):
-    """CPU bf16 autocast with packed batches on astromer_blocked; TensorBoard gets the same scalars as the JSONL log."""
+    """CPU bf16 autocast with packed batches, astromer_blocked and the oneDNN linears; TensorBoard gets the same
+    scalars as the JSONL log."""
     pytest.importorskip("tensorboard", reason="TensorBoard is optional (pip install tensorboard, or the dev extra)")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -198,10 +199,11 @@ def test_bf16_packed_blocked_pretraining_reports_to_tensorboard(tmp_path, env):
     out = tmp_path / "tb"
     assert main(["--synthetic", "40", *TINY, "--batch-size", "8", "--max-steps", "4", "--eval-every", "2",
                  "--log-every", "1", "--mixed-precision", "bf16", "--attn-implementation", "astromer_blocked",
-                 "--packing", "--report-to", "all", "--quiet", "--output-dir", str(out)]) == 0
+                 "--onednn-linears", "--packing", "--report-to", "all", "--quiet", "--output-dir", str(out)]) == 0
     records = [json.loads(line) for line in (out / "logs" / "pretrain.jsonl").read_text().splitlines()]
     config = next(r for r in records if r["event"] == "config")
     assert config["mixed_precision_effective"] == "bf16" and config["attn_implementation"] == "astromer_blocked"
+    assert config["onednn_linear_layers"] == 8  # TINY's one block: q, k, v, o, both residuals, fc_in, fc_out
     logged = {r["step"]: r["val/rmse"] for r in records if "val/rmse" in r}
     assert sorted(logged) == [2, 4] and all(0 < v < 10 for v in logged.values())
     in_tensorboard = {}

@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--attn-implementation", choices=ATTENTION_IMPLEMENTATIONS, default="sdpa",
                        help="attention backend (default sdpa); on CPU with --mixed-precision bf16, astromer_blocked is "
                             "1.2-1.5x faster per step")
+    model.add_argument("--onednn-linears", action="store_true",
+                       help="CPU bf16: run the linear layers through oneDNN with the bias and tanh fused into the GEMM "
+                            "(astromer_kernels.cpu_linear; same weights and saved files; no effect in fp32 or on GPU)")
     model.add_argument("--packing", action="store_true",
                        help="pack windows without padding (cu_seqlens); uses astromer_varlen unless "
                             "--attn-implementation astromer_blocked")
@@ -236,6 +239,13 @@ def build_model(args: argparse.Namespace):
 
         register_astromer_varlen()
     model.set_attn_implementation(implementation)
+    if args.onednn_linears:
+        from astromer_kernels.cpu_linear import use_onednn_linears
+        from astromer_train.cli_utils import UsageError
+
+        if not use_onednn_linears(model):
+            raise UsageError("--onednn-linears: this PyTorch build has no oneDNN linear operator "
+                             "(torch.ops.mkldnn._linear_pointwise)")
     return model
 
 
@@ -459,6 +469,7 @@ def run_pretraining(
         "n_validation_curves": len(data.validation),
         "n_parameters": sum(p.numel() for p in accelerator.unwrap_model(model).parameters()),
         "use_mask_token": config.use_mask_token,
+        "onednn_linear_layers": sum(type(m).__name__ == "OneDnnLinear" for m in model.modules()),
     }
     accelerator.init_trackers(args.run_name, config={k: v for k, v in run_config.items()
                                                      if isinstance(v, (int, float, str, bool)) or v is None})

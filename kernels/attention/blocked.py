@@ -33,15 +33,23 @@ def _windows_per_block(length: int) -> int:
     return max(1, SCORE_BUDGET_PER_HEAD // max(1, length * length))
 
 
+def _softmax(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the keys, bf16/fp16 through an fp32 copy: one rounding of the fp32 result either way, but on a
+    2-core Zen 4 PyTorch's bf16 CPU softmax took 578 us for a (32, 200, 200) block and this 445 us."""
+    if scores.dtype in (torch.bfloat16, torch.float16):
+        return torch.softmax(scores.float(), -1).to(scores.dtype)
+    return torch.softmax(scores, -1)
+
+
 def _block_forward(q, k, v, bias, scale: float) -> torch.Tensor:
     """One block: q, k, v ``(n·H, L, D)`` contiguous, bias ``(n·H, 1, L)`` -> ``(n·H, L, D)``."""
-    probabilities = torch.softmax(torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale), -1)
+    probabilities = _softmax(torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale))
     return torch.bmm(probabilities, v)
 
 
 def _block_backward(q, k, v, bias, grad_o, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of :func:`_block_forward` for ``grad_o`` ``(n·H, L, D)``; the probabilities are recomputed."""
-    probabilities = torch.softmax(torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale), -1)
+    probabilities = _softmax(torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale))
     grad_v = torch.bmm(probabilities.transpose(1, 2), grad_o)
     grad_p = torch.bmm(grad_o, v.transpose(1, 2))
     grad_s = torch._softmax_backward_data(grad_p, probabilities, -1, probabilities.dtype)

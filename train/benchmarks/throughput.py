@@ -12,7 +12,8 @@ and reports the model-FLOP utilisation = model FLOP/s ÷ that rate. Ratios are a
 numbers measured on a 2-core AMD EPYC Zen 4 (27.9 windows/s training, 81.7 windows/s inference).
 
 Implementations: ``eager``, ``sdpa``, ``astromer_blocked`` (blocked GEMM attention, the CPU bf16 path) and
-``packed``. Like the ``astromer`` CLI and the training scripts, the benchmark first lets glibc keep freed memory
+``packed``; a ``+onednn`` suffix (e.g. ``astromer_blocked+onednn``) also swaps in the oneDNN linear layers of
+:mod:`astromer_kernels.cpu_linear` (bias and tanh fused into the bf16 GEMMs; in fp32 they are ``nn.Linear``). Like the ``astromer`` CLI and the training scripts, the benchmark first lets glibc keep freed memory
 (:mod:`modeling_astromer.allocator`); ``--default-allocator`` measures without that.
 
     python train/benchmarks/throughput.py [--repeats 5] [--threads 2] [--json out.json] [--default-allocator]
@@ -101,6 +102,14 @@ def measure(config, implementation: str, precision: str, batch: dict, repeats: i
     from astromer_kernels.hf_attention import register_astromer_varlen
 
     register_astromer_varlen()  # astromer_varlen and astromer_blocked
+    implementation, _, linears = implementation.partition("+")
+    if linears == "onednn":
+        from astromer_kernels.cpu_linear import use_onednn_linears
+
+        if not use_onednn_linears(model):
+            raise RuntimeError("this PyTorch build has no oneDNN linear operator")
+    elif linears:
+        raise ValueError(f"unknown linear layers {linears!r} (only +onednn)")
     if implementation == "packed":
         from modeling_astromer.packing import AstromerPackingCollator
 
@@ -153,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (median), after one warm-up")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--implementations", nargs="+", default=["eager", "sdpa", "astromer_blocked", "packed"])
+    parser.add_argument("--implementations", nargs="+",
+                        default=["eager", "sdpa", "astromer_blocked", "astromer_blocked+onednn", "packed"],
+                        help="attention implementations; a '+onednn' suffix also swaps in the oneDNN linear layers")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda; TensorFlow ratios refer to the CPU")
@@ -190,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                    "embed_mfu": result["infer"] * model_flops_per_window(config, training=False) / 1e9 / rates[precision]}
             if precision != "fp32" and implementation in reference:
                 base = reference[implementation]
-                mask = batch["attention_mask"].bool() if implementation != "packed" else None
+                mask = batch["attention_mask"].bool() if not implementation.startswith("packed") else None
                 a, b = base["reconstruction"], result["reconstruction"]
                 diff = (a - b).abs() if mask is None else (a - b).abs()[mask]
                 row["max_abs_diff_reconstruction"] = float(diff.max())
