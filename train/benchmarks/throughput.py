@@ -17,6 +17,7 @@ Implementations: ``eager``, ``sdpa``, ``astromer_blocked`` (blocked GEMM attenti
 (:mod:`modeling_astromer.allocator`); ``--default-allocator`` measures without that.
 
     python train/benchmarks/throughput.py [--repeats 5] [--threads 2] [--json out.json] [--default-allocator]
+                                         [--implementations eager astromer_blocked+onednn ...] [--matmul-tokens N]
 """
 
 from __future__ import annotations
@@ -53,27 +54,40 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_rate(dtype: torch.dtype, tokens: int = 51200, repeats: int = 5, device: str = "cpu") -> float:
-    """GFLOP/s of the model's GEMM mix: (tokens×256)@(256×256) and (tokens×256)@(256×512)/(tokens×512)@(512×256).
+def matmul_rate(dtype: torch.dtype, tokens: int = 51200, repeats: int = 5, device: str = "cpu",
+                backward: bool = False) -> float:
+    """GFLOP/s of the model's GEMM mix: (tokens×256)@(256×256) ×4 and (tokens×256)@(256×512), (tokens×512)@(512×256).
+
+    With ``backward``, the same GEMMs as the backward pass runs them instead: input gradients ``grad @ W`` and weight
+    gradients ``grad.T @ x`` (a reduction over all tokens). This is a ceiling for the training step, not the rate
+    that MFU is measured against.
 
     Results go to preallocated buffers, so the rate is the GEMMs' own and does not depend on how the allocator
     serves fresh 25-50 MB outputs (with glibc's defaults, page faults cut it by about a quarter).
     """
     device = torch.device(device)
-    x = torch.randn(tokens, 256, dtype=dtype, device=device)
-    h = torch.randn(tokens, 512, dtype=dtype, device=device)
-    w1, w2, w3 = (torch.randn(256, 256, dtype=dtype, device=device), torch.randn(256, 512, dtype=dtype, device=device),
-                  torch.randn(512, 256, dtype=dtype, device=device))
-    out_256, out_512 = torch.empty_like(x), torch.empty_like(h)
-    flops = 2 * tokens * (256 * 256 * 4 + 256 * 512 * 2)
+    activations = {width: torch.randn(tokens, width, dtype=dtype, device=device) for width in (256, 512)}
+    shapes = [(256, 256)] * 4 + [(256, 512), (512, 256)]  # (in, out) of each linear layer
+    weights = [torch.randn(k, n, dtype=dtype, device=device) for k, n in shapes]
+    outputs = {width: torch.empty(tokens, width, dtype=dtype, device=device) for width in (256, 512)}
+    weight_grads = [torch.empty(k, n, dtype=dtype, device=device) for k, n in shapes]
+    flops = sum(2 * tokens * k * n for k, n in shapes) * (2 if backward else 1)
+
+    def forward_mix():
+        for (k, n), w in zip(shapes, weights):
+            torch.matmul(activations[k], w, out=outputs[n])
+
+    def backward_mix():
+        for (k, n), w, grad_w in zip(shapes, weights, weight_grads):
+            torch.matmul(activations[n], w.t(), out=outputs[k])  # input gradient: grad (tokens×n) @ W^T
+            torch.matmul(activations[k].t(), activations[n], out=grad_w)  # weight gradient: x^T @ grad
+
+    run = backward_mix if backward else forward_mix
     times = []
     for _ in range(repeats + 1):
         _synchronize(device)
         start = time.perf_counter()
-        for w in (w1, w1, w1, w1):
-            torch.matmul(x, w, out=out_256)
-        torch.matmul(x, w2, out=out_512)
-        torch.matmul(h, w3, out=out_256)
+        run()
         _synchronize(device)
         times.append(time.perf_counter() - start)
     return flops / statistics.median(times[1:]) / 1e9
@@ -167,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="attention implementations; a '+onednn' suffix also swaps in the oneDNN linear layers")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--matmul-tokens", type=int, default=256 * 200,
+                        help="rows of the GEMMs that measure the matmul rate (default: one batch of 256 windows of 200)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda; TensorFlow ratios refer to the CPU")
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc malloc at its defaults (freed activations go back to the kernel)")
@@ -179,8 +195,10 @@ def main(argv: list[str] | None = None) -> int:
 
     config = AstromerConfig.astromer2(hidden_dropout_prob=0.0)
     batch = _batch(args.batch_size)
-    rates = {"fp32": matmul_rate(torch.float32, device=args.device),
-             "bf16": matmul_rate(torch.bfloat16, device=args.device)}
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    rates = {name: matmul_rate(dtype, args.matmul_tokens, device=args.device) for name, dtype in dtypes.items()}
+    backward_rates = {name: matmul_rate(dtype, args.matmul_tokens, device=args.device, backward=True)
+                      for name, dtype in dtypes.items()}
     print(f"# matmul GFLOP/s: {rates}", flush=True)
     rows, reference = [], {}
     for implementation in args.implementations:
@@ -213,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"torch {torch.__version__}, {where}, batch {args.batch_size}×200, Astromer 2 "
              f"({sum(p.numel() for p in __import__('modeling_astromer').AstromerForMaskedReconstruction(config).parameters()):,} params)",
              f"matmul rate (same run, model GEMM mix): fp32 {rates['fp32']:.1f} GFLOP/s, bf16 {rates['bf16']:.1f} GFLOP/s",
+             "the same GEMMs as the backward runs them (input and weight gradients): "
+             + ", ".join(f"{p} {backward_rates[p]:.1f} GFLOP/s ({100 * backward_rates[p] / rates[p]:.0f} %)"
+                         for p in ("fp32", "bf16")),
              allocator,
              "", header, "|" + "---|" * 9]
     for r in rows:
@@ -226,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{100 * r['train_mfu']:.0f} % | {100 * r['embed_mfu']:.0f} % | {acc} |")
     print("\n".join(lines))
     if args.json:
-        Path(args.json).write_text(json.dumps({"matmul_gflops": rates, "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"matmul_gflops": rates, "backward_matmul_gflops": backward_rates,
+                                               "rows": rows}, indent=2))
     return 0
 
 

@@ -1,0 +1,44 @@
+"""The benchmark scripts run end to end on a tiny batch and report what their docstrings promise (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_throughput_benchmark_reports_rates_rows_and_accuracy(tmp_path):
+    out = tmp_path / "throughput.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train" / "benchmarks" / "throughput.py"), "--batch-size", "2", "--repeats", "1",
+         "--matmul-tokens", "2048",
+         "--implementations", "sdpa", "astromer_blocked+onednn", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for rates in (report["matmul_gflops"], report["backward_matmul_gflops"]):
+        assert set(rates) == {"fp32", "bf16"} and all(rate > 0 for rate in rates.values())
+    rows = {(row["implementation"], row["precision"]): row for row in report["rows"]}
+    assert set(rows) == {(i, p) for i in ("sdpa", "astromer_blocked+onednn") for p in ("fp32", "bf16")}
+    for row in rows.values():
+        assert "error" not in row, row
+        assert row["train_windows_per_s"] > 0 and row["embed_windows_per_s"] > 0 and 0 < row["train_mfu"]
+    bf16 = rows[("astromer_blocked+onednn", "bf16")]
+    assert 0 < bf16["max_abs_diff_reconstruction"] < 0.1 and bf16["abs_diff_loss"] < 0.05
+    assert "| astromer_blocked+onednn | bf16 |" in result.stdout
+    assert "the same GEMMs as the backward runs them" in result.stdout
+
+
+def test_throughput_benchmark_rejects_an_unknown_linear_suffix(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train" / "benchmarks" / "throughput.py"), "--batch-size", "2", "--repeats", "1",
+         "--matmul-tokens", "2048",
+         "--implementations", "sdpa+fancy", "--precisions", "fp32"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]  # a row that cannot run is reported, not fatal
+    assert "not run: ValueError(\"unknown linear layers 'fancy'" in result.stdout
