@@ -5,7 +5,7 @@ Measures, on the current device (CPU by default, 2 threads unless ``--threads``)
 * training windows/s: forward + backward + Adam step of ``AstromerForMaskedReconstruction`` on a masked batch;
 * embedding windows/s: ``AstromerModel.embed(pooling="skip")`` under ``torch.inference_mode``;
 
-for attention implementations eager, sdpa and packed (``astromer_varlen`` on a packed batch, when it runs), in fp32
+for the attention implementations below, in fp32
 and bf16 autocast; bf16's accuracy loss is the max |Δ| of the reconstruction and of the loss against fp32 on the same
 batch. It also measures the matmul rate in the same run (a GEMM mix with the model's shapes: tokens × 256 × 256/512)
 and reports the model-FLOP utilisation = model FLOP/s ÷ that rate. Ratios are against the official TensorFlow
@@ -13,7 +13,8 @@ numbers measured on a 2-core AMD EPYC Zen 4 (27.9 windows/s training, 81.7 windo
 
 Implementations: ``eager``, ``sdpa``, ``astromer_blocked`` (blocked GEMM attention, the CPU bf16 path) and
 ``packed``; a ``+onednn`` suffix (e.g. ``astromer_blocked+onednn``) also swaps in the oneDNN linear layers of
-:mod:`astromer_kernels.cpu_linear` (bias and tanh fused into the bf16 GEMMs; in fp32 they are ``nn.Linear``). Like the ``astromer`` CLI and the training scripts, the benchmark first lets glibc keep freed memory
+:mod:`astromer_kernels.cpu_linear` (bias and tanh fused into the bf16 GEMMs; in fp32 they are ``nn.Linear``). Like the
+``astromer`` CLI and the training scripts, the benchmark first lets glibc keep freed memory
 (:mod:`modeling_astromer.allocator`); ``--default-allocator`` measures without that.
 
     python train/benchmarks/throughput.py [--repeats 5] [--threads 2] [--json out.json] [--default-allocator]
