@@ -7,8 +7,9 @@ Measures, on the current device (CPU by default, 2 threads unless ``--threads``)
 
 for the attention implementations below, in fp32
 and bf16 autocast; bf16's accuracy loss is the max |Δ| of the reconstruction and of the loss against fp32 on the same
-batch. It also measures the matmul rate in the same run (a GEMM mix with the model's shapes: tokens × 256 × 256/512)
-and reports the model-FLOP utilisation = model FLOP/s ÷ that rate. Ratios are against the official TensorFlow
+batch. It also measures the matmul rate in the same run (a GEMM mix with the model's shapes: tokens × 256 × 256/512,
+before and after the models) and reports the model-FLOP utilisation = model FLOP/s ÷ the mean rate. The models are
+timed round-robin (one step of each per round), so a drift in the machine's speed affects all rows alike. Ratios are against the official TensorFlow
 numbers measured on a 2-core AMD EPYC Zen 4 (27.9 windows/s training, 81.7 windows/s inference).
 
 Implementations: ``eager``, ``sdpa``, ``astromer_blocked`` (blocked GEMM attention, the CPU bf16 path) and
@@ -107,69 +108,95 @@ def _batch(batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
     return AstromerMaskingCollator(seed=seed)(windows)
 
 
-def measure(config, implementation: str, precision: str, batch: dict, repeats: int, device: str = "cpu") -> dict:
-    from modeling_astromer import AstromerForMaskedReconstruction
+class _Runner:
+    """One model (attention implementation × precision) with its batch and optimizer, timed step by step."""
 
-    device = torch.device(device)
-    torch.manual_seed(0)
-    model = AstromerForMaskedReconstruction(config).to(device)
-    inputs = dict(batch)
-    from astromer_kernels.hf_attention import register_astromer_varlen
+    def __init__(self, config, implementation: str, precision: str, batch: dict, device: torch.device):
+        from modeling_astromer import AstromerForMaskedReconstruction
 
-    register_astromer_varlen()  # astromer_varlen and astromer_blocked
-    implementation, _, linears = implementation.partition("+")
-    if linears == "onednn":
-        from astromer_kernels.cpu_linear import use_onednn_linears
+        torch.manual_seed(0)
+        self.device, self.windows = device, batch["magnitudes"].shape[0]
+        self.model = AstromerForMaskedReconstruction(config).to(device)
+        inputs = dict(batch)
+        attention, _, linears = implementation.partition("+")
+        if linears == "onednn":
+            from astromer_kernels.cpu_linear import use_onednn_linears
 
-        if not use_onednn_linears(model):
-            raise RuntimeError("this PyTorch build has no oneDNN linear operator")
-    elif linears:
-        raise ValueError(f"unknown linear layers {linears!r} (only +onednn)")
-    if implementation == "packed":
-        from modeling_astromer.packing import AstromerPackingCollator
+            if not use_onednn_linears(self.model):
+                raise RuntimeError("this PyTorch build has no oneDNN linear operator")
+        elif linears:
+            raise ValueError(f"unknown linear layers {linears!r} (only +onednn)")
+        if attention == "packed":
+            from modeling_astromer.packing import AstromerPackingCollator
 
-        model.set_attn_implementation("astromer_varlen")
-        inputs = AstromerPackingCollator(max_seqlen=200)(dict(batch))
-        inputs.pop("sequence_index")
-    else:
-        model.set_attn_implementation(implementation)
-    inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
-    n = batch["magnitudes"].shape[0]
+            self.model.set_attn_implementation("astromer_varlen")
+            inputs = AstromerPackingCollator(max_seqlen=200)(dict(batch))
+            inputs.pop("sequence_index")
+        else:
+            self.model.set_attn_implementation(attention)
+        self.inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        self.embed_inputs = {k: self.inputs[k] for k in ("magnitudes", "times", "attention_mask", "cu_seqlens",
+                                                         "max_seqlen") if k in self.inputs}
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
+        self.train_times: list[float] = []
+        self.embed_times: list[float] = []
 
-    def train_step():
-        with autocast:
-            loss = model(**inputs).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    model.train()
-    train_times = []
-    for _ in range(repeats + 1):
-        _synchronize(device)
+    def _timed(self, step) -> float:
+        _synchronize(self.device)
         start = time.perf_counter()
-        train_step()
-        _synchronize(device)
-        train_times.append(time.perf_counter() - start)
-    model.eval()
-    embed_inputs = {k: inputs[k] for k in ("magnitudes", "times", "attention_mask")}
-    if "cu_seqlens" in inputs:
-        embed_inputs.update(cu_seqlens=inputs["cu_seqlens"], max_seqlen=inputs["max_seqlen"])
-    infer_times = []
-    with torch.inference_mode():
+        step()
+        _synchronize(self.device)
+        return time.perf_counter() - start
+
+    def train_step(self) -> float:
+        def step():
+            with self.autocast:
+                loss = self.model(**self.inputs).loss
+            loss.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+        self.model.train()
+        return self._timed(step)
+
+    def embed(self) -> float:
+        def step():
+            with torch.inference_mode(), self.autocast:
+                self.model.astromer.embed(**self.embed_inputs, pooling="skip")
+
+        self.model.eval()
+        return self._timed(step)
+
+    def result(self) -> dict:
+        """Median windows/s (the first, warm-up call of each kind left out) and the model's outputs now."""
+        self.model.eval()
+        with torch.inference_mode(), self.autocast:
+            out = self.model(**self.inputs)
+        return {"train": self.windows / statistics.median(self.train_times[1:]),
+                "infer": self.windows / statistics.median(self.embed_times[1:]),
+                "reconstruction": out.reconstruction.float().cpu(), "loss": float(out.loss)}
+
+
+def measure_interleaved(runners: dict, repeats: int) -> dict:
+    """Time every runner's training step, then embedding, round-robin (one call each per round), so that a machine
+    whose speed drifts during the run affects every row alike. Returns results or the exception per runner."""
+    results: dict = {}
+    for phase in ("train_step", "embed"):
         for _ in range(repeats + 1):
-            _synchronize(device)
-            start = time.perf_counter()
-            with autocast:
-                model.astromer.embed(**embed_inputs, pooling="skip")
-            _synchronize(device)
-            infer_times.append(time.perf_counter() - start)
-        with autocast:
-            out = model(**inputs)
-    return {"train": n / statistics.median(train_times[1:]), "infer": n / statistics.median(infer_times[1:]),
-            "reconstruction": out.reconstruction.float().cpu(), "loss": float(out.loss)}
+            for key, runner in runners.items():
+                if key in results:
+                    continue
+                try:
+                    elapsed = getattr(runner, phase)()
+                except Exception as exc:  # noqa: BLE001 - a path that cannot run here is reported, not fatal
+                    results[key] = exc
+                    continue
+                (runner.train_times if phase == "train_step" else runner.embed_times).append(elapsed)
+    for key, runner in runners.items():
+        if key not in results:
+            results[key] = runner.result()
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,13 +228,27 @@ def main(argv: list[str] | None = None) -> int:
     backward_rates = {name: matmul_rate(dtype, args.matmul_tokens, device=args.device, backward=True)
                       for name, dtype in dtypes.items()}
     print(f"# matmul GFLOP/s: {rates}", flush=True)
-    rows, reference = [], {}
+    from astromer_kernels.hf_attention import register_astromer_varlen
+
+    register_astromer_varlen()  # astromer_varlen and astromer_blocked
+    device = torch.device(args.device)
+    runners, results = {}, {}
     for implementation in args.implementations:
         for precision in args.precisions:
             try:
-                result = measure(config, implementation, precision, batch, args.repeats, args.device)
-            except Exception as exc:  # noqa: BLE001 - a path that cannot run here is reported, not fatal
-                rows.append({"implementation": implementation, "precision": precision, "error": repr(exc)[:200]})
+                runners[implementation, precision] = _Runner(config, implementation, precision, batch, device)
+            except Exception as exc:  # noqa: BLE001 - reported as a row
+                results[implementation, precision] = exc
+    results.update(measure_interleaved(runners, args.repeats))
+    # the machine's speed can drift over a long run: MFU uses the mean of the rates measured before and after
+    rates_after = {name: matmul_rate(dtype, args.matmul_tokens, device=args.device) for name, dtype in dtypes.items()}
+    rates_before, rates = rates, {name: (rates[name] + rates_after[name]) / 2 for name in rates}
+    rows, reference = [], {}
+    for implementation in args.implementations:
+        for precision in args.precisions:
+            result = results[implementation, precision]
+            if isinstance(result, Exception):
+                rows.append({"implementation": implementation, "precision": precision, "error": repr(result)[:200]})
                 continue
             print(f"# {implementation} {precision}: train {result['train']:.1f} win/s, embed {result['infer']:.1f} "
                   f"win/s, loss {result['loss']:.6f}", flush=True)
@@ -231,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
     lines = [f"torch {torch.__version__}, {where}, batch {args.batch_size}×200, Astromer 2 "
              f"({sum(p.numel() for p in __import__('modeling_astromer').AstromerForMaskedReconstruction(config).parameters()):,} params)",
-             f"matmul rate (same run, model GEMM mix): fp32 {rates['fp32']:.1f} GFLOP/s, bf16 {rates['bf16']:.1f} GFLOP/s",
+             "matmul rate (same run, model GEMM mix; mean of before / after the models): "
+             + ", ".join(f"{p} {rates[p]:.1f} GFLOP/s ({rates_before[p]:.1f} / {rates_after[p]:.1f})"
+                         for p in ("fp32", "bf16")),
              "the same GEMMs as the backward runs them (input and weight gradients): "
              + ", ".join(f"{p} {backward_rates[p]:.1f} GFLOP/s ({100 * backward_rates[p] / rates[p]:.0f} %)"
                          for p in ("fp32", "bf16")),
@@ -248,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
                      f"{100 * r['train_mfu']:.0f} % | {100 * r['embed_mfu']:.0f} % | {acc} |")
     print("\n".join(lines))
     if args.json:
-        Path(args.json).write_text(json.dumps({"matmul_gflops": rates, "backward_matmul_gflops": backward_rates,
+        Path(args.json).write_text(json.dumps({"matmul_gflops": rates, "matmul_gflops_before": rates_before,
+                                               "matmul_gflops_after": rates_after,
+                                               "backward_matmul_gflops": backward_rates,
                                                "rows": rows}, indent=2))
     return 0
 
