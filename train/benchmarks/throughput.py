@@ -25,6 +25,7 @@ Implementations: ``eager``, ``sdpa``, ``astromer_blocked`` (blocked GEMM attenti
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -116,7 +117,8 @@ class _Runner:
 
         torch.manual_seed(0)
         self.device, self.windows = device, batch["magnitudes"].shape[0]
-        self.model = AstromerForMaskedReconstruction(config).to(device)
+        # each model needs its own config: set_attn_implementation writes the implementation into it
+        self.model = AstromerForMaskedReconstruction(copy.deepcopy(config)).to(device)
         inputs = dict(batch)
         attention, _, linears = implementation.partition("+")
         if linears == "onednn":
