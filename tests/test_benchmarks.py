@@ -1,4 +1,5 @@
-"""The benchmark scripts run end to end on a tiny batch and report what their docstrings promise (no timing asserted)."""
+"""The benchmark scripts run end to end on a tiny batch and report what their docstrings promise (no timing is
+asserted)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ def test_throughput_benchmark_reports_rates_rows_and_accuracy(tmp_path):
     for rates in (report["matmul_gflops"], report["backward_matmul_gflops"]):
         assert set(rates) == {"fp32", "bf16"} and all(rate > 0 for rate in rates.values())
     rows = {(row["implementation"], row["precision"]): row for row in report["rows"]}
-    assert set(rows) == {(i, p) for i in ("sdpa", "astromer_blocked", "astromer_blocked+onednn") for p in ("fp32", "bf16")}
+    implementations = ("sdpa", "astromer_blocked", "astromer_blocked+onednn")
+    assert set(rows) == {(i, p) for i in implementations for p in ("fp32", "bf16")}
     for row in rows.values():
         assert "error" not in row, row
         assert row["train_windows_per_s"] > 0 and row["embed_windows_per_s"] > 0 and 0 < row["train_mfu"]

@@ -5,12 +5,12 @@ Measures, on the current device (CPU by default, 2 threads unless ``--threads``)
 * training windows/s: forward + backward + Adam step of ``AstromerForMaskedReconstruction`` on a masked batch;
 * embedding windows/s: ``AstromerModel.embed(pooling="skip")`` under ``torch.inference_mode``;
 
-for the attention implementations below, in fp32
-and bf16 autocast; bf16's accuracy loss is the max |Δ| of the reconstruction and of the loss against fp32 on the same
-batch. It also measures the matmul rate in the same run (a GEMM mix with the model's shapes: tokens × 256 × 256/512,
-before and after the models) and reports the model-FLOP utilisation = model FLOP/s ÷ the mean rate. The models are
-timed round-robin (one step of each per round), so a drift in the machine's speed affects all rows alike. Ratios are against the official TensorFlow
-numbers measured on a 2-core AMD EPYC Zen 4 (27.9 windows/s training, 81.7 windows/s inference).
+for the attention implementations below, in fp32 and bf16 autocast; bf16's accuracy loss is the max |Δ| of the
+reconstruction and of the loss against fp32 on the same batch. It also measures the matmul rate in the same run (a
+GEMM mix with the model's shapes: tokens × 256 × 256/512, before and after the models) and reports the model-FLOP
+utilisation = model FLOP/s ÷ the mean rate. The models are timed round-robin (one step of each per round), so a drift
+in the machine's speed affects all rows alike. Ratios are against the official TensorFlow numbers measured on a
+2-core AMD EPYC Zen 4 (27.9 windows/s training, 81.7 windows/s inference).
 
 Implementations: ``eager``, ``sdpa``, ``astromer_blocked`` (blocked GEMM attention, the CPU bf16 path) and
 ``packed``; a ``+onednn`` suffix (e.g. ``astromer_blocked+onednn``) also swaps in the oneDNN linear layers of
