@@ -208,10 +208,14 @@ class LightCurveFeatureExtractionPipeline(ChunkPipeline):
     def postprocess(
         self, window_outputs: list[dict[str, Any]], return_tensors: str = "np", return_details: bool = False
     ) -> Any:
-        """Average the window vectors of one curve (accumulated in float64) into one `(hidden_size,)` vector."""
+        """Average the window vectors of one curve (accumulated in float64) into one `(hidden_size,)` vector, in the
+        model's dtype (as float32 for NumPy output when that dtype is bfloat16)."""
         windows = torch.cat([out["window_embedding"] for out in window_outputs], dim=0)  # (n_windows, D)
         vector = windows.to(torch.float64).mean(dim=0).to(windows.dtype)
-        embedding: Any = vector if return_tensors == "pt" else vector.numpy()
+        if return_tensors == "pt":
+            embedding: Any = vector
+        else:  # NumPy has no bfloat16 (a bf16 model, or bf16 autocast): widen to float32, which is exact
+            embedding = (vector.float() if vector.dtype == torch.bfloat16 else vector).numpy()
         if not return_details:
             return embedding
         n_observations = window_outputs[0]["n_observations"]

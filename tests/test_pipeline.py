@@ -115,6 +115,23 @@ def test_one_embedding_per_curve_matches_float64_reference(released, pipe, pooli
     np.testing.assert_allclose(np.stack(out), expected, atol=TOLERANCE, rtol=0)
 
 
+def test_bfloat16_model_and_autocast_give_float32_numpy(released, pipe):
+    """NumPy has no bfloat16: a bf16 model (or bf16 autocast) still returns float32 vectors, close to fp32's."""
+    _, folder, model = released
+    curves = _light_curves(seed=3)[:3]
+    expected = np.stack(pipe(curves))
+    scale = np.abs(expected).max()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = pipe(curves)
+    bf16_pipe = pipeline("feature-extraction", model=str(folder), pipeline_class=LightCurveFeatureExtractionPipeline,
+                         dtype=torch.bfloat16)
+    assert bf16_pipe.model.dtype == torch.bfloat16
+    for out in (autocast, bf16_pipe(curves)):
+        assert all(v.dtype == np.float32 and v.shape == (model.config.hidden_size,) for v in out)
+        assert 0 < np.abs(np.stack(out) - expected).max() < 0.05 * scale
+    assert bf16_pipe(curves[0], return_tensors="pt").dtype == torch.bfloat16
+
+
 def test_pooling_modes_differ_and_default_is_skip(pipe):
     curves = _light_curves(seed=1)[:2]
     skip, mean, maximum = (np.stack(pipe(curves, pooling=p)) for p in ("skip", "mean", "max"))
