@@ -16,6 +16,7 @@ name and renamed at the end) and nothing is overwritten without ``--overwrite``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -123,6 +124,22 @@ def _load_pipeline(model: str, batch_size: int) -> Any:
         raise CLIError(f"--model {model}: cannot load the model ({exc})") from exc
     except ValueError as exc:
         raise CLIError(f"--model {model}: not an Astromer model folder ({exc})") from exc
+
+
+def _bf16_autocast(pipe: Any) -> Any:
+    """bf16 autocast on the pipeline's device; on a CPU the linear layers also go through oneDNN (bias and tanh fused
+    into the GEMM, see ``astromer_kernels.cpu_linear``) when that package and operator are available."""
+    import torch
+
+    device = pipe.model.device
+    if device.type == "cpu":
+        try:
+            from astromer_kernels.cpu_linear import use_onednn_linears
+        except ImportError:
+            pass
+        else:
+            use_onednn_linears(pipe.model)
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 # ------------------------------------------------------------------------------------------- light-curve files
@@ -398,15 +415,17 @@ def _command_embed(args: argparse.Namespace) -> int:
         raise CLIError(f"{output}: the output file is also an input")
     _quiet_transformers()
     pipe = _load_pipeline(args.model, args.batch_size)
-    embed_records_to_parquet(
-        records,
-        pipe,
-        output,
-        pooling=args.pooling,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-        metadata={"model": args.model},
-    )
+    precision = _bf16_autocast(pipe) if args.precision == "bf16" else contextlib.nullcontext()
+    with precision:
+        embed_records_to_parquet(
+            records,
+            pipe,
+            output,
+            pooling=args.pooling,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+            metadata={"model": args.model, "precision": args.precision},
+        )
     print(f"wrote {len(records)} embeddings to {output}", file=sys.stderr)
     return 0
 
@@ -570,6 +589,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     embed.add_argument(
         "--batch-size", type=_positive_int, default=64, help="windows per forward pass (default 64)"
+    )
+    embed.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="fp32 (default: the reference numbers) or bf16 autocast: several times faster on CPUs with bf16 "
+        "instructions and on GPUs; embeddings change by about 1%% of their scale",
     )
     embed.add_argument(
         "--id-column", help="column grouping rows into light curves (default: detect id/object_id/...)"

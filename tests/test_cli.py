@@ -96,6 +96,19 @@ def test_embed_pooling_and_label_column(bundled, curve_folder, tmp_path, capsys)
     assert np.abs(a[columns].to_numpy() - b[columns].to_numpy()).max() > 1e-3
 
 
+def test_embed_in_bf16_is_close_to_fp32_and_recorded(bundled, curve_folder, tmp_path, capsys):
+    fp32, bf16 = tmp_path / "fp32.parquet", tmp_path / "bf16.parquet"
+    assert _run(["embed", curve_folder, "-o", fp32, "-q"], capsys)[0] == 0
+    code, _, err = _run(["embed", curve_folder, "-o", bf16, "-q", "--precision", "bf16"], capsys)
+    assert code == 0, err
+    a, b = pd.read_parquet(fp32), pd.read_parquet(bf16)
+    columns = [c for c in a.columns if c.startswith("emb_")]
+    assert list(a["id"]) == list(b["id"]) and b[columns].dtypes.eq(np.float32).all()
+    difference = np.abs(a[columns].to_numpy() - b[columns].to_numpy()).max()
+    assert 0 < difference < 0.05 * np.abs(a[columns].to_numpy()).max()
+    assert json.loads(pq.read_schema(bf16).metadata[b"astromer"])["precision"] == "bf16"
+
+
 def test_embed_refuses_to_overwrite(bundled, curve_folder, tmp_path, capsys):
     output = tmp_path / "embeddings.parquet"
     output.write_bytes(b"precious")
