@@ -418,6 +418,9 @@ def run_pretraining(
         transformers.utils.logging.disable_progress_bar()
 
     model = build_model(args)
+    if args.onednn_linears and (accelerator.mixed_precision != "bf16" or accelerator.device.type != "cpu"):
+        logger.warning("--onednn-linears changes nothing here: it acts on the CPU under bf16 mixed precision "
+                       "(this run: %s on %s)", accelerator.mixed_precision, accelerator.device.type)
     config = model.config
     window_size = config.window_size
     if data is None:
