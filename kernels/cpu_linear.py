@@ -103,8 +103,8 @@ class OneDnnLinear(nn.Linear):
 
 def use_onednn_linears(model: nn.Module) -> int:
     """Turn ``model``'s ``nn.Linear`` modules (with a bias, more than one input and output feature) into
-    :class:`OneDnnLinear`, in place, and fuse a tanh that directly follows one (the Astromer feed-forward's
-    ``fc_in`` → ``activation``). Parameters, buffers and the state dict are unchanged, so an optimizer made before
+    :class:`OneDnnLinear`, in place, and move the tanh of each ``AstromerFeedForward`` (``fc_out(tanh(fc_in(h)))``)
+    into its ``fc_in``; other modules keep their activations. Parameters, buffers and the state dict are unchanged, so an optimizer made before
     or after works, and ``save_pretrained`` writes the same files.
 
     Returns:
@@ -118,8 +118,12 @@ def use_onednn_linears(model: nn.Module) -> int:
             module.__class__ = OneDnnLinear
             swapped += 1
     for module in model.modules():
-        fc_in, activation = getattr(module, "fc_in", None), getattr(module, "activation", None)
-        if isinstance(fc_in, OneDnnLinear) and fc_in.activation == "none" and isinstance(activation, nn.Tanh):
-            fc_in.activation = "tanh"
+        # by name: a model loaded with trust_remote_code has its own copy of the class
+        if type(module).__name__ != "AstromerFeedForward":
+            continue
+        if isinstance(module.fc_in, OneDnnLinear) and module.fc_in.activation == "none" and isinstance(
+            module.activation, nn.Tanh
+        ):
+            module.fc_in.activation = "tanh"
             module.activation = nn.Identity()
     return swapped

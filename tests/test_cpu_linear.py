@@ -112,6 +112,23 @@ def test_model_swap_keeps_parameters_and_state_dict():
     assert use_onednn_linears(model) == 0  # idempotent: nothing left to swap, tanh not fused twice
 
 
+def test_only_the_astromer_feed_forward_tanh_is_fused():
+    class Other(nn.Module):  # same attribute names, different computation: must keep its tanh
+        def __init__(self):
+            super().__init__()
+            self.fc_in, self.activation = nn.Linear(8, 8), nn.Tanh()
+
+        def forward(self, x):
+            return self.activation(x) + self.fc_in(x)
+
+    other = Other()
+    x = torch.randn(3, 8)
+    expected = other(x)
+    assert use_onednn_linears(other) == 1
+    assert isinstance(other.activation, nn.Tanh) and other.fc_in.activation == "none"
+    assert torch.equal(other(x), expected)
+
+
 def test_swapped_model_fp32_is_bitwise_the_model_and_bf16_is_as_accurate_as_autocast():
     batch = _batch()
     plain, _ = _model(False)
