@@ -114,7 +114,7 @@ def test_fully_hidden_sequence_gives_zero_output_and_grads():
     bias[27] = float("-inf")  # and the length-1 sequence's only key
     q, k, v = (t.float().to(DEVICE).requires_grad_(True) for t in qkv.unbind(1))
     out = varlen_attention(q, k, v, cu.to(DEVICE), 20, key_bias=bias.to(DEVICE))
-    do = torch.randn_like(out)
+    do = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype).to(out.device)
     grads = torch.autograd.grad(out, (q, k, v), do)
     assert torch.equal(out[20:].cpu(), torch.zeros_like(out[20:].cpu()))
     assert out[:20].abs().sum() > 0
@@ -135,7 +135,7 @@ def test_strided_views_of_fused_qkv():
     q, k, v = fused.unbind(1)
     assert not q.is_contiguous()
     out = varlen_attention(q, k, v, cu.to(DEVICE), 70, key_bias=bias.float().to(DEVICE))
-    do = torch.randn_like(out)
+    do = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype).to(out.device)
     (grad_fused,) = torch.autograd.grad(out, fused, do)
     ref_out, ref_grads = reference_with_grads(*qkv.unbind(1), cu, bias, do.cpu().double())
     torch.testing.assert_close(out.cpu().double(), ref_out, **TOL[torch.float32])
@@ -146,7 +146,7 @@ def test_strided_views_of_fused_qkv():
 def test_backward_is_deterministic():
     qkv, cu, bias = make_problem([129, 64, 5], heads=2, head_dim=32, mask="key")
     q, k, v = (t.float().to(DEVICE).requires_grad_(True) for t in qkv.unbind(1))
-    do = torch.randn(q.shape, dtype=torch.float32).to(DEVICE)
+    do = torch.randn(q.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float32).to(DEVICE)
     runs = []
     for _ in range(2):
         out = varlen_attention(q, k, v, cu.to(DEVICE), 129, key_bias=bias.float().to(DEVICE))
@@ -177,7 +177,7 @@ def test_opcheck_forward_and_backward_ops():
     torch.library.opcheck(torch.ops.astromer.varlen_attn_fwd.default, (q, k, v, cu, 9, bias, 0.25))
     torch.library.opcheck(torch.ops.astromer.varlen_attn_fwd.default, (q, k, v, cu, 9, None, 0.25))
     o, lse = torch.ops.astromer.varlen_attn_fwd(q, k, v, cu, 9, bias, 0.25)
-    do = torch.randn_like(o)
+    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(1), dtype=o.dtype).to(o.device)
     torch.library.opcheck(torch.ops.astromer.varlen_attn_bwd.default,
                           (do, q.detach(), k.detach(), v.detach(), o.detach(), lse.detach(), cu, 9, bias, 0.25),
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
@@ -210,7 +210,7 @@ def test_padded_sdpa_fallback_matches_reference():
     bias[30] = float("-inf")  # the length-1 sequence sees nothing
     q, k, v = (t.clone().requires_grad_(True) for t in qkv.unbind(1))
     out = varlen_attention_padded_sdpa(q, k, v, cu, 30, bias)
-    do = torch.randn_like(out)
+    do = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype).to(out.device)
     grads = torch.autograd.grad(out, (q, k, v), do)
     ref_out, ref_grads = reference_with_grads(q, k, v, cu, bias, do)
     torch.testing.assert_close(out, ref_out, **TOL[torch.float64])
