@@ -591,7 +591,8 @@ class AstromerModel(AstromerPreTrainedModel):
             return masked_max(outputs.last_hidden_state, attention_mask, cu_seqlens)
         if pooling != "skip":
             raise ValueError(f"pooling must be 'skip', 'mean' or 'max', got {pooling!r}")
-        means = self.layer_means(outputs.hidden_states, magnitudes, times, attention_mask, cu_seqlens)
+        means = self.layer_means(outputs.hidden_states, magnitudes, times, attention_mask, cu_seqlens,
+                                 inputs_had_mask_positions=False)
         if layer_logits is None:
             layer_logits = means.new_full((means.shape[1],), 1.0 / means.shape[1])
         return skip_embedding(means, layer_logits)
@@ -603,16 +604,22 @@ class AstromerModel(AstromerPreTrainedModel):
         times: torch.Tensor,
         attention_mask: torch.Tensor,
         cu_seqlens: torch.Tensor | None = None,
+        inputs_had_mask_positions: bool = True,
     ) -> torch.Tensor:
         """`(B, K, D)` masked means of the layers used by the skip embedding.
 
-        Z_0 is recomputed without dropout and without the MASK token (the official classifier input); the block
-        outputs come from `hidden_states[1:]`. Astromer 1's skip embedding uses the block outputs only.
+        Z_0 is the input embedding without dropout and without the MASK token (the official classifier input): taken
+        from `hidden_states[0]` when the forward that gave them had no `mask_positions` and no active dropout
+        (`inputs_had_mask_positions=False`, as in `embed`), recomputed otherwise. The block outputs come from
+        `hidden_states[1:]`. Astromer 1's skip embedding uses the block outputs only.
         """
         blocks = list(hidden_states[1:])
         if self.config.attention_bias_mode != "a1_query_key_bias":
-            magnitudes, times, _ = _window_inputs(magnitudes, times, attention_mask)
-            blocks.insert(0, self.embeddings(magnitudes, times))
+            if not inputs_had_mask_positions and not (self.training and self.embedding_dropout.p > 0):
+                blocks.insert(0, hidden_states[0])
+            else:
+                magnitudes, times, _ = _window_inputs(magnitudes, times, attention_mask)
+                blocks.insert(0, self.embeddings(magnitudes, times))
         return torch.stack([masked_mean(z, attention_mask, cu_seqlens) for z in blocks], dim=1)
 
 
@@ -839,7 +846,8 @@ class AstromerForSequenceClassification(AstromerPreTrainedModel):
                 **kwargs,
             )
             if pooling == "skip":
-                means = self.astromer.layer_means(outputs.hidden_states, magnitudes, times, attention_mask, cu_seqlens)
+                means = self.astromer.layer_means(outputs.hidden_states, magnitudes, times, attention_mask,
+                                                  cu_seqlens, inputs_had_mask_positions=False)
             elif pooling == "mean":
                 pooled = masked_mean(outputs.last_hidden_state, attention_mask, cu_seqlens)
             else:

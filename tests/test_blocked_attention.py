@@ -76,6 +76,44 @@ def test_window_without_visible_key_gives_zero_output_and_grads():
     torch.testing.assert_close(grads[0][[0, 2]], expected_grads[0], **TOL[torch.float64])
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+def test_kept_and_recomputed_probabilities_give_the_same_gradients(monkeypatch, packed, dtype):
+    """Within the budget the forward keeps the probabilities; past it the backward recomputes them. Both must give
+    bitwise the same gradients, and only the kept path may hold (B, H, L, L) tensors for the backward."""
+    import astromer_kernels.attention.blocked as blocked
+
+    if packed:
+        q, k, v, cu, bias = packed_problem([40, 7, 0, 33], seed=5)
+        run = lambda *ins: blocked_varlen_attention(*ins, cu, 40, key_bias=bias.float())  # noqa: E731
+    else:
+        q, k, v, bias, _ = padded_problem(mask="key", seed=4)
+        run = lambda *ins: blocked_attention(*ins, key_bias=bias.float(), windows_per_block=2)  # noqa: E731
+    results = {}
+    for budget in (blocked.KEPT_PROBABILITIES_BUDGET_BYTES, 0):
+        monkeypatch.setattr(blocked, "KEPT_PROBABILITIES_BUDGET_BYTES", budget)
+        ins = [t.to(dtype).requires_grad_(True) for t in (q, k, v)]
+        out = run(*ins)
+        saved = [t for t in out.grad_fn.saved_tensors if t.dim() == 3 and t.shape[-1] == t.shape[-2] > 1]
+        grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+        results[budget] = (out, *torch.autograd.grad(out, ins, grad_out.to(dtype)), len(saved))
+    kept, recomputed = results.values()
+    assert kept[-1] > 0 and recomputed[-1] == 0
+    for a, b in zip(kept[:-1], recomputed[:-1]):
+        assert torch.equal(a, b)
+
+
+def test_no_probabilities_kept_without_gradients():
+    import astromer_kernels.attention.blocked as blocked
+
+    q, k, v, bias, _ = padded_problem(mask="key")
+    assert blocked._keep_probabilities(10, torch.float32, q.requires_grad_(True))
+    with torch.no_grad():
+        assert not blocked._keep_probabilities(10, torch.float32, q)
+    assert not blocked._keep_probabilities(10, torch.float32, q.detach())
+    assert not blocked._keep_probabilities(blocked.KEPT_PROBABILITIES_BUDGET_BYTES, torch.float32, q)
+
+
 def test_gradcheck_fp64():
     q, k, v, bias, _ = padded_problem(batch=2, heads=1, length=5, head_dim=3, mask="finite", seed=7)
     ins = [t.contiguous().requires_grad_(True) for t in (q, k, v)]

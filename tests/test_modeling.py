@@ -240,6 +240,29 @@ def test_embedding_poolings(model):
         model.astromer.embed(magnitudes, times, mask, pooling="cls")
 
 
+def test_skip_embedding_reuses_z0_only_when_it_is_clean(model):
+    """`embed` takes Z_0 from hidden_states[0] (no MASK token, no dropout in eval): the same bits as recomputing it.
+    With dropout active, the dropped-out hidden_states[0] must not be used: Z_0 is recomputed clean."""
+    magnitudes, times, mask = _batch([200, 60, 7], seed=3)
+    encoder = model.astromer
+    with torch.no_grad():
+        out = encoder(magnitudes, times, mask, output_hidden_states=True)
+        reused = encoder.layer_means(out.hidden_states, magnitudes, times, mask, inputs_had_mask_positions=False)
+        recomputed = encoder.layer_means(out.hidden_states, magnitudes, times, mask)
+    assert torch.equal(reused, recomputed)
+    clean_z0 = recomputed[:, 0]
+    encoder.train()
+    try:
+        with torch.no_grad():
+            torch.manual_seed(0)
+            dropped = encoder(magnitudes, times, mask, output_hidden_states=True)
+            means = encoder.layer_means(dropped.hidden_states, magnitudes, times, mask, inputs_had_mask_positions=False)
+    finally:
+        encoder.eval()
+    assert not torch.equal(dropped.hidden_states[0], encoder.embeddings(magnitudes, times))  # dropout acted
+    assert torch.equal(means[:, 0], clean_z0)
+
+
 def test_classifier_frozen_encoder_and_loss(small_config):
     torch.manual_seed(2)
     config = AstromerConfig(**{**small_config.to_diff_dict(), "num_labels": 3})
