@@ -29,12 +29,21 @@ def onednn_linear_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def _blocked_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """``weight`` ``(N, K)`` reordered into the oneDNN layout chosen for ``rows`` input rows (an opaque oneDNN tensor),
+    or ``weight`` itself where this PyTorch cannot reorder. The GEMM's result is bitwise the same; on a 2-core Zen 4
+    the (51200 x 256) GEMMs of Astromer 2 ran 2-4 % faster with it, reordering included (round-robin, 15 rounds)."""
+    reorder = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
+    return weight if reorder is None else reorder(weight, rows)
+
+
 class _OneDnnLinearFunction(torch.autograd.Function):
     """bf16 ``x`` ``(..., K)``, ``weight`` ``(N, K)``, ``bias`` ``(N,)`` -> ``activation(x @ weight.T + bias)``."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, activation: str):
-        output = torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "")
+        output = torch.ops.mkldnn._linear_pointwise(x, _blocked_weight(weight, x.numel() // weight.shape[1]), bias,
+                                                    activation, [], "")
         ctx.activation = activation
         ctx.save_for_backward(x, weight, output if activation == "tanh" else None)
         return output

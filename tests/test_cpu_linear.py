@@ -67,6 +67,18 @@ def test_bf16_inputs_without_autocast_take_the_onednn_path_and_fp32_stays_exact(
     torch.testing.assert_close(ours, eager, atol=2e-2, rtol=2e-2)
 
 
+@pytest.mark.parametrize("rows", [1, 77, 51200])
+def test_reordered_weight_gives_bitwise_the_plain_weight_s_output(rows):
+    from astromer_kernels.cpu_linear import _blocked_weight
+
+    generator = torch.Generator().manual_seed(rows)
+    x, weight, bias = (torch.randn(*shape, generator=generator).to(BF16) for shape in ((rows, 256), (512, 256), (512,)))
+    for activation in ("none", "tanh"):
+        plain = torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "")
+        reordered = torch.ops.mkldnn._linear_pointwise(x, _blocked_weight(weight, rows), bias, activation, [], "")
+        assert torch.equal(plain, reordered), activation
+
+
 def test_invalid_arguments_are_named():
     x, w, b = torch.randn(4, 8), torch.randn(6, 8), torch.randn(6)
     with pytest.raises(ValueError, match="activation must be one of"):
