@@ -61,6 +61,32 @@ def test_block_size_does_not_change_results():
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+def test_hidden_keys_are_left_out_of_the_gemms_without_changing_the_result(dtype):
+    """-inf keys are dropped per block (each window padded to the block's most visible keys); a block holding a
+    window that sees every key runs in full. Outputs and gradients still match fp64 SDPA, hidden keys get exactly
+    zero gradient."""
+    import astromer_kernels.attention.blocked as blocked
+
+    q, k, v, bias, grad_out = padded_problem(batch=6, length=41, mask="key", seed=11)
+    bias[2] = 0.0  # window 2 (block 1 with 2 windows a block) sees every key
+    bias[4, 1:] = float("-inf")  # window 4 sees one key: the other window of its block sets the width
+    plans = blocked._plan_key_blocks(bias.to(dtype).unsqueeze(1), 2, heads=2)
+    visible = torch.isfinite(bias)
+    assert plans[1] is None
+    for plan, rows in ((plans[0], [0, 1]), (plans[2], [4, 5])):
+        assert plan.index.shape == (2, int(visible[rows].sum(1).max()))
+    ins = [t.to(dtype).requires_grad_(True) for t in (q, k, v)]
+    out = blocked_attention(*ins, key_bias=bias.float(), windows_per_block=2)
+    grads = torch.autograd.grad(out, ins, grad_out.to(dtype))
+    expected, expected_grads = sdpa_fp64(*(t.to(dtype) for t in (q, k, v)), bias, grad_out.to(dtype))
+    torch.testing.assert_close(out.double(), expected, **TOL[dtype])
+    for got, ref in zip(grads, expected_grads):
+        torch.testing.assert_close(got.double(), ref, **TOL[dtype])
+    hidden = ~visible[:, None, :, None].expand_as(grads[1])
+    assert grads[1][hidden].abs().max() == 0 and grads[2][hidden].abs().max() == 0
+
+
 def test_window_without_visible_key_gives_zero_output_and_grads():
     q, k, v, bias, grad_out = padded_problem(batch=3, mask="key", seed=5)
     bias[1] = float("-inf")
@@ -94,9 +120,9 @@ def test_kept_and_recomputed_probabilities_give_the_same_gradients(monkeypatch, 
         monkeypatch.setattr(blocked, "KEPT_PROBABILITIES_BUDGET_BYTES", budget)
         ins = [t.to(dtype).requires_grad_(True) for t in (q, k, v)]
         out = run(*ins)
-        saved = [t for t in out.grad_fn.saved_tensors if t.dim() == 3 and t.shape[-1] == t.shape[-2] > 1]
+        kept_probabilities = len(out.grad_fn.saved_tensors) - (3 if packed else 4)  # after q, k, v (and bias)
         grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
-        results[budget] = (out, *torch.autograd.grad(out, ins, grad_out.to(dtype)), len(saved))
+        results[budget] = (out, *torch.autograd.grad(out, ins, grad_out.to(dtype)), kept_probabilities)
     kept, recomputed = results.values()
     assert kept[-1] > 0 and recomputed[-1] == 0
     for a, b in zip(kept[:-1], recomputed[:-1]):

@@ -5,8 +5,10 @@ ones. This path computes attention a few windows at a time, so the ``(block, H, 
 with one GEMM for the scores (scale and per-key bias fused through ``baddbmm``), one softmax (fp32 accumulation
 inside, output in the input dtype) and one GEMM for the values. When gradients are needed, the forward keeps the
 probabilities for the backward while all of them fit in :data:`KEPT_PROBABILITIES_BUDGET_BYTES` (Astromer 2's
-training batch of 256 windows of 200 needs 82 MB a layer in bf16); past that the backward recomputes them block by
-block, so memory stays O(B·L) besides the inputs, as with a fused kernel.
+training batch of 256 windows of 200 needs at most 82 MB a layer in bf16); past that the backward recomputes them block by
+block, so memory stays O(B·L) besides the inputs, as with a fused kernel. Keys hidden with ``-inf`` (padding, and
+the probed positions of the pretraining task) are left out of the GEMMs and the softmax: a block of windows runs
+over its visible keys only, padded to the window that has the most.
 
 Numerics: scores and probabilities are rounded to the input dtype between the GEMMs, as in eager attention under
 autocast; in fp32/fp64 the result equals SDPA to rounding.
@@ -30,9 +32,9 @@ from .reference import key_bias_in_dtype
 #: Score elements per head held at once: 8 windows of 200 observations (2.5 MB of bf16 scores for 4 heads).
 SCORE_BUDGET_PER_HEAD = 8 * 200 * 200
 
-#: Largest size of one attention call's probabilities that the forward keeps for the backward; larger calls
-#: recompute them. Keeping them saves the score GEMM and the softmax of the backward: on a 2-core Zen 4, a bf16
-#: training step of Astromer 2 (256 windows of 200) went from 5.17 to 4.80 s (best of 5).
+#: Largest size of one attention call's probabilities (counted over all L keys) that the forward keeps for the
+#: backward; larger calls recompute them. Keeping them saves the score GEMM and the softmax of the backward: on a
+#: 2-core Zen 4, a bf16 training step of Astromer 2 (256 windows of 200) went from 5.17 to 4.80 s (best of 5).
 KEPT_PROBABILITIES_BUDGET_BYTES = 256 * 2**20
 
 
@@ -75,40 +77,104 @@ def _keep_probabilities(score_elements: int, dtype: torch.dtype, *inputs: torch.
     return needs_grad and score_elements * torch.finfo(dtype).bits // 8 <= KEPT_PROBABILITIES_BUDGET_BYTES
 
 
+class _KeyBlock(NamedTuple):
+    """The visible keys of one block of padded windows, when some are hidden: their token rows ``index`` ``(n,
+    width)`` in the ``(B·L, H, D)`` key memory (a window with fewer than ``width`` visible keys fills its row with
+    distinct hidden keys, whose probability, and so gradient, is exactly 0) and ``bias`` ``(n·H, 1, width)``."""
+
+    index: torch.Tensor
+    bias: torch.Tensor
+
+
+def _plan_key_blocks(bias: torch.Tensor, block: int, heads: int) -> list[_KeyBlock | None]:
+    """Per block of ``bias`` ``(B, 1, L)``: a :class:`_KeyBlock` when every window of the block hides keys with
+    ``-inf``, so attention runs over the visible keys only (Astromer 2's pretraining hides 32 % of the keys of each
+    window); ``None`` where a window sees every key. A ``-inf`` key has probability exactly 0, so leaving it out
+    changes the result only by the order of the roundings."""
+    batch, _, length = bias.shape
+    starts = range(0, batch, block)
+    visible = torch.isfinite(bias[:, 0])
+    if bool(visible.all()):
+        return [None] * len(starts)
+    counts = visible.sum(1)
+    widths = [int(counts[start:start + block].max()) for start in starts]
+    order = torch.argsort((~visible).to(torch.int8), dim=1, stable=True)  # visible keys first, in order
+    plans = []
+    for start, width in zip(starts, widths):
+        if width == length:
+            plans.append(None)
+            continue
+        stop = min(start + block, batch)
+        columns = order[start:stop, :width]
+        index = columns + torch.arange(start, stop, device=bias.device)[:, None] * length
+        block_bias = torch.gather(bias[start:stop, 0], 1, columns).unsqueeze(1)
+        plans.append(_KeyBlock(index, _per_head(block_bias, heads)))
+    return plans
+
+
+def _token_rows(x: torch.Tensor) -> torch.Tensor:
+    """``(B, H, L, D)`` -> ``(B·L, H, D)``, a view when ``x`` is a transposed view of ``(B, L, H, D)`` memory."""
+    return x.transpose(1, 2).reshape(-1, x.shape[1], x.shape[-1])
+
+
 class _BlockedSoftmaxAttention(torch.autograd.Function):
-    """q, k, v ``(B, H, L, D)`` (any strides), bias ``(B, 1, L)`` in q's dtype -> output ``(B, L, H, D)``."""
+    """q, k, v ``(B, H, L, D)`` (any strides), bias ``(B, 1, L)`` in q's dtype, one :func:`_plan_key_blocks` entry
+    per block -> output ``(B, L, H, D)``."""
 
     @staticmethod
-    def forward(ctx, query, key, value, bias, scale: float, block: int, keep_probabilities: bool):
+    def forward(ctx, query, key, value, bias, scale: float, block: int, keep_probabilities: bool,
+                key_blocks: list[_KeyBlock | None]):
         batch, heads, length, _ = query.shape
         out = query.new_empty(batch, length, heads, value.shape[-1])
+        key_rows, value_rows = (_token_rows(t) if any(key_blocks) else None for t in (key, value))
         kept = []
-        for start in range(0, batch, block):
+        for start, plan in zip(range(0, batch, block), key_blocks):
             rows = slice(start, min(start + block, batch))
-            attended, probabilities = _block_forward(*(_flat(t[rows]) for t in (query, key, value)),
-                                                     _per_head(bias[rows], heads), scale)
+            attended, probabilities = _block_forward(_flat(query[rows]), *_block_keys(key, value, key_rows,
+                                                                                      value_rows, bias, rows, plan),
+                                                     scale)
             out[rows] = attended.view(-1, heads, length, value.shape[-1]).transpose(1, 2)
             if keep_probabilities:
                 kept.append(probabilities)
         ctx.save_for_backward(query, key, value, bias, *kept)
-        ctx.scale, ctx.block = scale, block
+        ctx.scale, ctx.block, ctx.key_blocks = scale, block, key_blocks
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         query, key, value, bias, *kept = ctx.saved_tensors
         batch, heads, length, _ = query.shape
-        # Gradients are written in (B, L, H, D) memory order, which is what the projections' backward wants.
-        grads = [torch.empty(batch, length, heads, t.shape[-1], dtype=t.dtype, device=t.device)
-                 for t in (query, key, value)]
-        for index, start in enumerate(range(0, batch, ctx.block)):
+        compact = any(ctx.key_blocks)
+        key_rows, value_rows = (_token_rows(t) if compact else None for t in (key, value))
+        # Gradients are written in (B, L, H, D) memory order, which is what the projections' backward wants. With
+        # compacted keys, the hidden keys left out of every block keep a zero gradient.
+        grads = [torch.empty(batch, length, heads, query.shape[-1], dtype=query.dtype, device=query.device)]
+        grads += [(torch.zeros if compact else torch.empty)(batch * length, heads, t.shape[-1], dtype=t.dtype,
+                                                            device=t.device) for t in (key, value)]
+        windows = [g.view(batch, length, heads, -1) for g in grads]
+        for index, (start, plan) in enumerate(zip(range(0, batch, ctx.block), ctx.key_blocks)):
             rows = slice(start, min(start + ctx.block, batch))
-            parts = _block_backward(*(_flat(t[rows]) for t in (query, key, value)), _per_head(bias[rows], heads),
+            parts = _block_backward(_flat(query[rows]), *_block_keys(key, value, key_rows, value_rows, bias, rows,
+                                                                     plan),
                                     _flat(grad_out[rows].transpose(1, 2)), ctx.scale,
                                     kept[index] if kept else None)
-            for grad, part in zip(grads, parts):
-                grad[rows] = part.view(-1, heads, length, part.shape[-1]).transpose(1, 2)
-        return (*(g.transpose(1, 2) for g in grads), None, None, None, None)
+            windows[0][rows] = parts[0].view(-1, heads, length, parts[0].shape[-1]).transpose(1, 2)
+            for grad, window, part in zip(grads[1:], windows[1:], parts[1:]):
+                if plan is None:
+                    window[rows] = part.view(-1, heads, length, part.shape[-1]).transpose(1, 2)
+                else:
+                    width = plan.index.shape[1]
+                    grad.index_copy_(0, plan.index.reshape(-1), part.view(-1, heads, width, part.shape[-1])
+                                     .transpose(1, 2).reshape(-1, heads, part.shape[-1]))
+        return (*(w.transpose(1, 2) for w in windows), None, None, None, None, None)
+
+
+def _block_keys(key, value, key_rows, value_rows, bias, rows: slice, plan: _KeyBlock | None):
+    """Keys ``(n·H, width, D)``, values and bias ``(n·H, 1, width)`` of one block: all ``L`` positions, or only the
+    visible ones of ``plan``."""
+    if plan is None:
+        return _flat(key[rows]), _flat(value[rows]), _per_head(bias[rows], key.shape[1])
+    return _gather(key_rows, plan.index), _gather(value_rows, plan.index), plan.bias
 
 
 class _Group(NamedTuple):
@@ -213,7 +279,8 @@ def blocked_attention(
     keep = _keep_probabilities(batch * query.shape[1] * length * length, query.dtype, query, key, value)
     if key_bias is None:
         bias = query.new_zeros(batch, 1, length)
-        return _BlockedSoftmaxAttention.apply(query, key, value, bias, scale, block, keep)
+        no_plans = [None] * len(range(0, batch, block))
+        return _BlockedSoftmaxAttention.apply(query, key, value, bias, scale, block, keep, no_plans)
     if key_bias.shape != (batch, length):
         raise ValueError(f"key_bias must be (B, L) = {(batch, length)}, got {tuple(key_bias.shape)}")
     visible = torch.isfinite(key_bias).any(dim=1)
@@ -221,7 +288,8 @@ def blocked_attention(
     if not all_visible:  # no finite key: attend uniformly (no NaN), then zero the output and its gradient
         key_bias = torch.where(visible[:, None], key_bias, torch.zeros_like(key_bias))
     bias = key_bias_in_dtype(key_bias, query.dtype).unsqueeze(1)
-    out = _BlockedSoftmaxAttention.apply(query, key, value, bias, scale, block, keep)
+    key_blocks = _plan_key_blocks(bias, block, query.shape[1])
+    out = _BlockedSoftmaxAttention.apply(query, key, value, bias, scale, block, keep, key_blocks)
     return out if all_visible else out * visible[:, None, None, None].to(out.dtype)
 
 
