@@ -52,6 +52,17 @@ def model_flops_per_window(config, length: int = 200, training: bool = True) -> 
     return 3.0 * forward if training else float(forward)
 
 
+def _hidden_keys_line(config, batch: dict) -> str:
+    """How much of the training step's attention is over keys the masking task hides: MFU counts attention over all
+    keys, while ``astromer_blocked`` leaves hidden keys out of its GEMMs."""
+    hidden = float(batch["mask_positions"].float().mean())
+    attention = 2 * 2 * 200 * config.hidden_size  # per token and layer, as in model_flops_per_window
+    share = hidden * attention * 200 * config.num_hidden_layers / model_flops_per_window(config, training=False)
+    return (f"training batch: {100 * hidden:.0f} % of the keys are hidden by the masking task; MFU counts attention over "
+            f"every key, so astromer_blocked, which skips hidden keys, gets credit for {100 * share:.1f} % of the "
+            "model FLOPs that it does not run")
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -281,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
              + ", ".join(f"{p} {backward_rates[p]:.1f} GFLOP/s ({100 * backward_rates[p] / rates[p]:.0f} %)"
                          for p in ("fp32", "bf16")),
              allocator,
+             _hidden_keys_line(config, batch),
              "", header, "|" + "---|" * 9]
     for r in rows:
         if "error" in r:
