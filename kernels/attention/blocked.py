@@ -5,10 +5,10 @@ ones. This path computes attention a few windows at a time, so the ``(block, H, 
 with one GEMM for the scores (scale and per-key bias fused through ``baddbmm``), one softmax (fp32 accumulation
 inside, output in the input dtype) and one GEMM for the values. When gradients are needed, the forward keeps the
 probabilities for the backward while all of them fit in :data:`KEPT_PROBABILITIES_BUDGET_BYTES` (Astromer 2's
-training batch of 256 windows of 200 needs at most 82 MB a layer in bf16); past that the backward recomputes them block by
-block, so memory stays O(B·L) besides the inputs, as with a fused kernel. Keys hidden with ``-inf`` (padding, and
-the probed positions of the pretraining task) are left out of the GEMMs and the softmax: a block of windows runs
-over its visible keys only, padded to the window that has the most.
+training batch of 256 windows of 200 needs at most 82 MB a layer in bf16); past that the backward recomputes them
+block by block, so memory stays O(B·L) besides the inputs, as with a fused kernel. Keys hidden with ``-inf``
+(padding, and the probed positions of the pretraining task) are left out of the GEMMs and the softmax: a block of
+windows runs over its visible keys only, padded to the window that has the most.
 
 Numerics: scores and probabilities are rounded to the input dtype between the GEMMs, as in eager attention under
 autocast; in fp32/fp64 the result equals SDPA to rounding.
@@ -159,14 +159,11 @@ class _BlockedSoftmaxAttention(torch.autograd.Function):
                                                                      plan),
                                     _flat(grad_out[rows].transpose(1, 2)), ctx.scale,
                                     kept[index] if kept else None)
-            windows[0][rows] = parts[0].view(-1, heads, length, parts[0].shape[-1]).transpose(1, 2)
-            for grad, window, part in zip(grads[1:], windows[1:], parts[1:]):
-                if plan is None:
+            for position, (grad, window, part) in enumerate(zip(grads, windows, parts)):
+                if plan is None or position == 0:  # the queries are never compacted
                     window[rows] = part.view(-1, heads, length, part.shape[-1]).transpose(1, 2)
                 else:
-                    width = plan.index.shape[1]
-                    grad.index_copy_(0, plan.index.reshape(-1), part.view(-1, heads, width, part.shape[-1])
-                                     .transpose(1, 2).reshape(-1, heads, part.shape[-1]))
+                    grad.index_copy_(0, plan.index.reshape(-1), _token_major(part, plan.index.shape[0]))
         return (*(w.transpose(1, 2) for w in windows), None, None, None, None, None)
 
 
@@ -232,9 +229,14 @@ def _gather(x: torch.Tensor, index: torch.Tensor, zero: torch.Tensor | None = No
 
 def _scatter_rows(block: torch.Tensor, group: _Group) -> torch.Tensor:
     """``(n·H, width, D)`` -> the real rows as ``(tokens, H, D)``, in the order of ``group.tokens``."""
-    n, width = group.index.shape
-    rows = block.view(n, -1, width, block.shape[-1]).transpose(1, 2).reshape(n * width, -1, block.shape[-1])
+    rows = _token_major(block, group.index.shape[0])
     return rows if group.real_positions is None else rows.index_select(0, group.real_positions)
+
+
+def _token_major(block: torch.Tensor, windows: int) -> torch.Tensor:
+    """``(n·H, width, D)`` -> ``(n·width, H, D)``."""
+    width, dim = block.shape[1], block.shape[2]
+    return block.view(windows, -1, width, dim).transpose(1, 2).reshape(-1, block.shape[0] // windows, dim)
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -280,8 +282,8 @@ def blocked_attention(
     keep = _keep_probabilities(batch * query.shape[1] * length * length, query.dtype, query, key, value)
     if key_bias is None:
         bias = query.new_zeros(batch, 1, length)
-        no_plans = [None] * len(range(0, batch, block))
-        return _BlockedSoftmaxAttention.apply(query, key, value, bias, scale, block, keep, no_plans)
+        return _BlockedSoftmaxAttention.apply(query, key, value, bias, scale, block, keep,
+                                              _plan_key_blocks(bias, block, query.shape[1]))
     if key_bias.shape != (batch, length):
         raise ValueError(f"key_bias must be (B, L) = {(batch, length)}, got {tuple(key_bias.shape)}")
     visible = torch.isfinite(key_bias).any(dim=1)
