@@ -43,12 +43,16 @@ import torch
 TF_TRAIN, TF_INFER = 27.9, 81.7
 
 
+def attention_flops_per_window(config, length: int = 200) -> float:
+    """Forward matmul FLOPs of the attention itself (QK^T and PV over every key) in one window, all layers."""
+    return float(length * config.num_hidden_layers * 2 * 2 * length * config.hidden_size)
+
+
 def model_flops_per_window(config, length: int = 200, training: bool = True) -> float:
     """Matmul FLOPs of one window (2·m·n·k per GEMM); training = 3× forward (forward + 2 backward GEMMs)."""
     d, f, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     per_token_linear = 2 * (4 * d * d + 2 * d * f + (2 * d * d if config.use_residual_projection else 0))
-    attention = 2 * 2 * length * d  # QK^T and PV per token
-    forward = length * (n * (per_token_linear + attention) + 2 * d)
+    forward = length * (n * per_token_linear + 2 * d) + attention_flops_per_window(config, length)
     return 3.0 * forward if training else float(forward)
 
 
@@ -56,8 +60,7 @@ def _hidden_keys_line(config, batch: dict) -> str:
     """How much of the training step's attention is over keys the masking task hides: MFU counts attention over all
     keys, while ``astromer_blocked`` leaves hidden keys out of its GEMMs."""
     hidden = float(batch["mask_positions"].float().mean())
-    attention = 2 * 2 * 200 * config.hidden_size  # per token and layer, as in model_flops_per_window
-    share = hidden * attention * 200 * config.num_hidden_layers / model_flops_per_window(config, training=False)
+    share = hidden * attention_flops_per_window(config) / model_flops_per_window(config, training=False)
     return (f"training batch: {100 * hidden:.0f} % of the keys are hidden by the masking task; MFU counts attention over "
             f"every key, so astromer_blocked, which skips hidden keys, gets credit for {100 * share:.1f} % of the "
             "model FLOPs that it does not run")
