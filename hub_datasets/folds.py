@@ -37,8 +37,10 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from modeling_astromer.errors import AstromerError
 
-class FoldError(ValueError):
+
+class FoldError(AstromerError, ValueError):
     """The dataset cannot supply the requested split sizes (names the class and the counts)."""
 
 

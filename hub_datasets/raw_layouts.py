@@ -38,6 +38,7 @@ from hub_datasets.tfrecord import (
     iter_tfrecord,
     write_tfrecord,
 )
+from modeling_astromer.errors import AstromerError
 
 LAYOUTS: tuple[str, ...] = ("raw", "parquet", "tfrecord")
 _ID_COLUMNS = ("ID", "objID", "id", "Unnamed: 0")
@@ -45,7 +46,7 @@ _PATH_COLUMNS = ("Path_R", "Path", "path")
 _SPLIT_FOLDERS = {"train": "train", "validation": "validation", "val": "validation", "test": "test"}
 
 
-class LayoutError(ValueError):
+class LayoutError(AstromerError, ValueError):
     """A survey folder does not match any supported layout, or a file in it is malformed."""
 
 

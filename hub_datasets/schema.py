@@ -21,6 +21,8 @@ from collections.abc import Sequence
 
 import datasets
 
+from modeling_astromer.errors import AstromerError
+
 #: Alcock et al. MACHO classes; codes are ``pd.Categorical(Class).codes`` (alphabetical) as in the official pipeline.
 ALCOCK_CLASSES: tuple[str, ...] = ("Cep_0", "Cep_1", "EC", "LPV", "RRab", "RRc")
 #: ATLAS (Heinze et al. 2018) merged classes; label map ``{0: CB, 1: DB, 2: Mira, 3: Other, 4: Pulse}``.
@@ -64,7 +66,7 @@ def light_curve_features(class_names: Sequence[str]) -> datasets.Features:
     )
 
 
-class UnknownLabelError(ValueError):
+class UnknownLabelError(AstromerError, ValueError):
     """A raw class string that maps to none of the published classes and is not on the removal list."""
 
 

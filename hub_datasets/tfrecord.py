@@ -27,40 +27,24 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import google_crc32c
 import numpy as np
 
-_MASK_DELTA = 0xA282EAD8
-_VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
+from hub_datasets.atomic import atomic_file
+from hub_datasets.wire_format import (
+    VARINT,
+    WireFormatError,
+    encode_length_delimited,
+    encode_varint,
+    iter_fields,
+    masked_crc32c,
+    read_varint,
+    to_int64,
+)
+from modeling_astromer.errors import AstromerError
 
 
-class TFRecordError(ValueError):
+class TFRecordError(AstromerError, ValueError):
     """A TFRecord file is truncated, fails its CRC, or holds a payload that is not a valid SequenceExample."""
-
-
-def masked_crc32c(data: bytes) -> int:
-    """The TFRecord masked CRC32C of ``data``."""
-    crc = google_crc32c.value(data)
-    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + _MASK_DELTA) & 0xFFFFFFFF
-
-
-# --------------------------------------------------------------------------------------------- wire format: encode
-def _varint(value: int) -> bytes:
-    value &= (1 << 64) - 1  # negative int64 → two's complement, 10 bytes
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited field."""
-    return _varint((number << 3) | _LEN) + _varint(len(payload)) + payload
 
 
 def encode_feature(value: object) -> bytes:
@@ -68,15 +52,15 @@ def encode_feature(value: object) -> bytes:
     if isinstance(value, str):
         value = value.encode()
     if isinstance(value, bytes):
-        return _field(1, _field(1, value))
+        return encode_length_delimited(1, encode_length_delimited(1, value))
     array = np.asarray(value)
     if array.ndim == 0:
         array = array.reshape(1)
     if array.dtype.kind in "iub":
-        packed = b"".join(_varint(int(v)) for v in array)
-        return _field(3, _field(1, packed))
+        packed = b"".join(encode_varint(int(v)) for v in array)
+        return encode_length_delimited(3, encode_length_delimited(1, packed))
     if array.dtype.kind == "f":
-        return _field(2, _field(1, array.astype("<f4").tobytes()))
+        return encode_length_delimited(2, encode_length_delimited(1, array.astype("<f4").tobytes()))
     raise TypeError(f"cannot encode a Feature from dtype {array.dtype}")
 
 
@@ -85,94 +69,50 @@ def encode_sequence_example(
 ) -> bytes:
     """Serialise a SequenceExample; ``feature_lists[name]`` is a list of Feature values (Astromer: one array)."""
     ctx = b"".join(
-        _field(1, _field(1, key.encode()) + _field(2, encode_feature(val))) for key, val in context.items()
+        encode_length_delimited(1, encode_length_delimited(1, key.encode()) + encode_length_delimited(2, encode_feature(val))) for key, val in context.items()
     )
     lists = b"".join(
-        _field(1, _field(1, key.encode()) + _field(2, b"".join(_field(1, encode_feature(v)) for v in values)))
+        encode_length_delimited(1, encode_length_delimited(1, key.encode()) + encode_length_delimited(2, b"".join(encode_length_delimited(1, encode_feature(v)) for v in values)))
         for key, values in feature_lists.items()
     )
-    return _field(1, ctx) + _field(2, lists)
+    return encode_length_delimited(1, ctx) + encode_length_delimited(2, lists)
 
 
 # --------------------------------------------------------------------------------------------- wire format: decode
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise TFRecordError("truncated varint")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise TFRecordError("varint longer than 10 bytes")
-
-
-def _iter_fields(buf: bytes) -> Iterator[tuple[int, int, bytes | int]]:
-    """Yield ``(field_number, wire_type, value)`` with value = bytes for LEN/fixed, int for varint."""
-    pos = 0
-    while pos < len(buf):
-        key, pos = _read_varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if wire == _VARINT:
-            value, pos = _read_varint(buf, pos)
-            yield number, wire, value
-        elif wire == _LEN:
-            size, pos = _read_varint(buf, pos)
-            if pos + size > len(buf):
-                raise TFRecordError("length-delimited field runs past the end of its message")
-            yield number, wire, buf[pos : pos + size]
-            pos += size
-        elif wire in (_FIXED32, _FIXED64):
-            width = 4 if wire == _FIXED32 else 8
-            if pos + width > len(buf):
-                raise TFRecordError("truncated fixed-width field")
-            yield number, wire, buf[pos : pos + width]
-            pos += width
-        else:
-            raise TFRecordError(f"unsupported protobuf wire type {wire}")
-
-
-def _to_int64(value: int) -> int:
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
 def decode_feature(buf: bytes) -> list[bytes] | np.ndarray:
     """Decode a ``Feature``: BytesList → list of bytes; FloatList → float32 array; Int64List → int64 array."""
-    for number, _wire, payload in _iter_fields(buf):
+    for number, _wire, payload in iter_fields(buf):
         if number == 1:
-            return [v for n, _w, v in _iter_fields(payload) if n == 1]  # type: ignore[misc]
+            return [v for n, _w, v in iter_fields(payload) if n == 1]  # type: ignore[misc]
         if number == 2:
             chunks: list[np.ndarray] = []
-            for n, _w, v in _iter_fields(payload):
+            for n, _w, v in iter_fields(payload):
                 if n != 1:
                     continue
                 chunks.append(np.frombuffer(v, dtype="<f4"))  # type: ignore[arg-type]  # packed run or one fixed32
             return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
         if number == 3:
             values: list[int] = []
-            for n, w, v in _iter_fields(payload):
+            for n, w, v in iter_fields(payload):
                 if n != 1:
                     continue
-                if w == _VARINT:
-                    values.append(_to_int64(v))  # type: ignore[arg-type]
+                if w == VARINT:
+                    values.append(to_int64(v))  # type: ignore[arg-type]
                 else:
                     pos = 0
                     while pos < len(v):  # type: ignore[arg-type]
-                        item, pos = _read_varint(v, pos)  # type: ignore[arg-type]
-                        values.append(_to_int64(item))
+                        item, pos = read_varint(v, pos)  # type: ignore[arg-type]
+                        values.append(to_int64(item))
             return np.asarray(values, dtype=np.int64)
     return np.zeros(0, np.float32)  # an empty Feature (no kind set)
 
 
 def _decode_map(buf: bytes) -> Iterator[tuple[str, bytes]]:
-    for number, _wire, entry in _iter_fields(buf):
+    for number, _wire, entry in iter_fields(buf):
         if number != 1:
             continue
         key, value = "", b""
-        for n, _w, v in _iter_fields(entry):  # type: ignore[arg-type]
+        for n, _w, v in iter_fields(entry):  # type: ignore[arg-type]
             if n == 1:
                 key = v.decode()  # type: ignore[union-attr]
             elif n == 2:
@@ -189,9 +129,16 @@ class SequenceExample:
 
 
 def decode_sequence_example(buf: bytes) -> SequenceExample:
-    """Parse a serialised SequenceExample."""
+    """Parse a serialised SequenceExample; a malformed payload raises :class:`TFRecordError`."""
+    try:
+        return _decode_sequence_example(buf)
+    except WireFormatError as exc:
+        raise TFRecordError(str(exc)) from exc
+
+
+def _decode_sequence_example(buf: bytes) -> SequenceExample:
     example = SequenceExample()
-    for number, _wire, payload in _iter_fields(buf):
+    for number, _wire, payload in iter_fields(buf):
         if number == 1:
             for key, value in _decode_map(payload):  # type: ignore[arg-type]
                 example.context[key] = decode_feature(value)
@@ -199,7 +146,7 @@ def decode_sequence_example(buf: bytes) -> SequenceExample:
             for key, value in _decode_map(payload):  # type: ignore[arg-type]
                 example.feature_lists[key] = [
                     decode_feature(v)
-                    for n, _w, v in _iter_fields(value)
+                    for n, _w, v in iter_fields(value)
                     if n == 1  # type: ignore[arg-type]
                 ]
     return example
@@ -208,14 +155,11 @@ def decode_sequence_example(buf: bytes) -> SequenceExample:
 # --------------------------------------------------------------------------------------------------- framing
 def write_tfrecord(path: str | Path, payloads: list[bytes]) -> None:
     """Write serialised records to ``path`` with TFRecord framing (atomically: temp file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_file(path) as temporary, open(temporary, "wb") as handle:
         for payload in payloads:
             header = struct.pack("<Q", len(payload))
             handle.write(header + struct.pack("<I", masked_crc32c(header)))
             handle.write(payload + struct.pack("<I", masked_crc32c(payload)))
-    tmp.replace(path)
 
 
 def iter_tfrecord(path: str | Path, verify_crc: bool = True) -> Iterator[tuple[int, bytes]]:

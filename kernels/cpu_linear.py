@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 #: Activations fused into the GEMM, with the backward written here; others stay a separate module.
 FUSED_ACTIVATIONS = ("none", "tanh")

@@ -1,18 +1,24 @@
-"""Astromer 2 for the Hugging Face ecosystem.
+"""Astromer 2 for the Hugging Face ecosystem: the model set users load.
 
 Importing this package registers the Astromer config, models and feature extractor with the `transformers` Auto
-classes, so `AutoModel.from_pretrained("astromer/astromer-2")` works without `trust_remote_code`, and registers the
-packed-sequence attention implementation `"astromer_varlen"` when `astromer_kernels` is available.
+classes (so `AutoModel.from_pretrained("astromer/astromer-2")` works without `trust_remote_code`), the pipeline task
+``"light-curve-feature-extraction"``, and this project's attention implementations (``"astromer_varlen"``,
+``"astromer_blocked"``; see :mod:`astromer_kernels.registry`).
 """
 
 from transformers import (
     AutoConfig,
     AutoFeatureExtractor,
     AutoModel,
+    AutoModelForPreTraining,
     AutoModelForSequenceClassification,
 )
 
-from .configuration_astromer import AstromerConfig
+from astromer_kernels.registry import register_attention_implementations
+
+from .bundled import bundled_model_path, bundled_models, resolve_model
+from .configuration_astromer import POOLING_MODES, AstromerConfig
+from .errors import AstromerError, InputError, LightCurveValidationError
 from .feature_extraction_astromer import AstromerFeatureExtractor
 from .masking import AstromerMaskingCollator
 from .modeling_astromer import (
@@ -22,7 +28,12 @@ from .modeling_astromer import (
     AstromerPreTrainedModel,
     compute_loss_weights,
 )
-from .pipeline import PIPELINE_TASK, LightCurveFeatureExtractionPipeline, load_pipeline
+from .pipeline import (
+    PIPELINE_TASK,
+    LightCurveFeatureExtractionPipeline,
+    load_pipeline,
+    register_pipeline_task,
+)
 
 __version__ = "0.1.0"
 
@@ -30,43 +41,32 @@ __version__ = "0.1.0"
 def _register_auto_classes() -> None:
     AutoConfig.register("astromer", AstromerConfig, exist_ok=True)
     AutoModel.register(AstromerConfig, AstromerModel, exist_ok=True)
+    AutoModelForPreTraining.register(AstromerConfig, AstromerForMaskedReconstruction, exist_ok=True)
     AutoModelForSequenceClassification.register(AstromerConfig, AstromerForSequenceClassification, exist_ok=True)
     AutoFeatureExtractor.register(AstromerConfig, AstromerFeatureExtractor, exist_ok=True)
 
 
-def _register_pipeline() -> None:
-    from transformers.pipelines import PIPELINE_REGISTRY
-
-    # our own task name: re-registering "feature-extraction" would replace the text pipeline process-wide
-    PIPELINE_REGISTRY.register_pipeline(
-        PIPELINE_TASK,
-        pipeline_class=LightCurveFeatureExtractionPipeline,
-        pt_model=AutoModel,
-        type="multimodal",
-    )
-
-
-def _register_varlen_attention() -> None:
-    try:
-        from astromer_kernels.hf_attention import register_astromer_varlen
-    except ImportError:  # the kernels package is part of this distribution; tolerate partial installs
-        return
-    register_astromer_varlen()
-
-
 _register_auto_classes()
-_register_pipeline()
-_register_varlen_attention()
+register_pipeline_task()
+register_attention_implementations()
 
 __all__ = [
+    "PIPELINE_TASK",
+    "POOLING_MODES",
     "AstromerConfig",
-    "AstromerModel",
-    "AstromerPreTrainedModel",
+    "AstromerError",
+    "AstromerFeatureExtractor",
     "AstromerForMaskedReconstruction",
     "AstromerForSequenceClassification",
-    "AstromerFeatureExtractor",
     "AstromerMaskingCollator",
-    "compute_loss_weights",
+    "AstromerModel",
+    "AstromerPreTrainedModel",
+    "InputError",
     "LightCurveFeatureExtractionPipeline",
+    "LightCurveValidationError",
+    "bundled_model_path",
+    "bundled_models",
+    "compute_loss_weights",
     "load_pipeline",
+    "resolve_model",
 ]

@@ -4,7 +4,9 @@ from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 
 ATTENTION_BIAS_MODES = ("key_mask", "a1_query_key_bias")
-EMBEDDING_POOLINGS = ("skip", "mean", "max")
+#: How a window becomes one vector: the paper's gamma-weighted "skip" embedding, or the masked "mean" / "max" of
+#: the last block (the model's ``embed``, the classifier input and the pipeline all take these names).
+POOLING_MODES = ("skip", "mean", "max")
 
 
 @strict
@@ -122,8 +124,8 @@ class AstromerConfig(PreTrainedConfig):
                 f"random_fraction + same_fraction must not exceed 1 (got {self.random_fraction} + "
                 f"{self.same_fraction}): no probed position would be left to mask"
             )
-        if self.classifier_pooling not in EMBEDDING_POOLINGS:
-            raise ValueError(f"classifier_pooling must be one of {EMBEDDING_POOLINGS}, got {self.classifier_pooling!r}")
+        if self.classifier_pooling not in POOLING_MODES:
+            raise ValueError(f"classifier_pooling must be one of {POOLING_MODES}, got {self.classifier_pooling!r}")
         if any(width < 1 for width in self.classifier_hidden_sizes):
             raise ValueError(f"classifier_hidden_sizes must be positive, got {self.classifier_hidden_sizes}")
         if self.layer_norm_eps <= 0 or self.classifier_layer_norm_eps <= 0:

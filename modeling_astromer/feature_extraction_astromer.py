@@ -41,7 +41,10 @@ from typing import Any, ClassVar
 import numpy as np
 from transformers.feature_extraction_utils import BatchFeature, FeatureExtractionMixin
 
+from .errors import AstromerError, LightCurveValidationError
+
 __all__ = [
+    "AstromerError",
     "AstromerFeatureExtractor",
     "CleanedLightCurve",
     "CleaningReport",
@@ -71,24 +74,6 @@ _FIELD_ALIASES: dict[str, tuple[str, ...]] = {
 SAMPLING_MODES = ("sequential", "random")
 DUPLICATE_TIME_MODES = ("keep", "drop", "raise")
 PADDING_SIDES = ("right", "left")
-
-
-class LightCurveValidationError(ValueError):
-    """A light curve that cannot be turned into Astromer windows.
-
-    Attributes:
-        curve_index: position of the offending curve in the input (``None`` when not known).
-        curve_id: the caller's identifier for it, when ``ids`` was given.
-        field: the offending field (``"time"``, ``"mag"``, ``"err"``, ``"shape"``, ``"observations"``, …).
-    """
-
-    def __init__(
-        self, message: str, *, curve_index: int | None = None, curve_id: Any = None, field: str | None = None
-    ):
-        super().__init__(message)
-        self.curve_index = curve_index
-        self.curve_id = curve_id
-        self.field = field
 
 
 @dataclass

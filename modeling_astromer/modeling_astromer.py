@@ -21,7 +21,7 @@ from transformers.utils import ModelOutput, TransformersKwargs, auto_docstring
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_astromer import AstromerConfig
+from .configuration_astromer import POOLING_MODES, AstromerConfig
 
 # Attention implementations that consume packed tokens through `cu_seq_lens_q` instead of a dense mask.
 VARLEN_ATTENTION_IMPLEMENTATIONS = ("astromer_varlen", "astromer_blocked")
@@ -590,7 +590,7 @@ class AstromerModel(AstromerPreTrainedModel):
         if pooling == "max":
             return masked_max(outputs.last_hidden_state, attention_mask, cu_seqlens)
         if pooling != "skip":
-            raise ValueError(f"pooling must be 'skip', 'mean' or 'max', got {pooling!r}")
+            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
         means = self.layer_means(outputs.hidden_states, magnitudes, times, attention_mask, cu_seqlens,
                                  inputs_had_mask_positions=False)
         if layer_logits is None:

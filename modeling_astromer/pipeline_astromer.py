@@ -2,7 +2,7 @@
 """A `transformers` pipeline that turns light curves into one Astromer embedding each.
 
 Self-contained on purpose: this file is also shipped as Hub remote code (``custom_pipelines`` in ``config.json``),
-so it imports only numpy, torch, ``transformers`` and its sibling ``feature_extraction_astromer`` (relative import).
+so it imports only numpy, torch, ``transformers`` and its siblings ``configuration_astromer`` and ``errors`` (relative imports).
 
 How one light curve becomes one vector:
 
@@ -37,11 +37,11 @@ import numpy as np
 import torch
 from transformers.pipelines.base import ChunkPipeline
 
-from .feature_extraction_astromer import LightCurveValidationError
+from .configuration_astromer import POOLING_MODES
+from .errors import LightCurveValidationError
 
 __all__ = ["POOLING_MODES", "LightCurveFeatureExtractionPipeline"]
 
-POOLING_MODES: tuple[str, ...] = ("skip", "mean", "max")
 RETURN_TENSOR_MODES: tuple[str, ...] = ("np", "pt")
 
 

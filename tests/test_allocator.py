@@ -9,8 +9,8 @@ import textwrap
 
 import pytest
 
-from modeling_astromer import allocator
-from modeling_astromer.allocator import _glibc
+from astromer_kernels import allocator
+from astromer_kernels.allocator import _glibc
 
 PROBE = textwrap.dedent(
     """

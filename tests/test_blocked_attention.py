@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from astromer_kernels.attention.blocked import blocked_attention, blocked_varlen_attention
 from astromer_kernels.attention.reference import varlen_attention_reference
 
@@ -204,9 +205,10 @@ def test_varlen_finite_bias_hidden_sequence_and_tail_tokens():
 
 # --------------------------------------------------------------------------------------------- HF interface
 def test_hf_padded_mode_equals_sdpa_and_refuses_query_dependent_masks():
-    from astromer_kernels.hf_attention import astromer_blocked_attention_forward
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.masking_utils import bidirectional_mask_function, sdpa_mask
+
+    from astromer_kernels.hf_attention import astromer_blocked_attention_forward
 
     gen = torch.Generator().manual_seed(2)
     q, k, v = (torch.randn(3, 2, 70, 16, generator=gen) for _ in range(3))
@@ -228,9 +230,10 @@ def test_hf_padded_mode_equals_sdpa_and_refuses_query_dependent_masks():
 
 
 def test_register_adds_blocked_to_both_interfaces():
-    from astromer_kernels.hf_attention import astromer_blocked_attention_forward, register_astromer_varlen
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    from astromer_kernels.hf_attention import astromer_blocked_attention_forward, register_astromer_varlen
 
     register_astromer_varlen()
     assert AttentionInterface._global_mapping["astromer_blocked"] is astromer_blocked_attention_forward

@@ -13,7 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from modeling_astromer.cli import DEFAULT_MODEL, CLIError, bundled_models, main, resolve_model
+from astromer_app.cli import main
+from modeling_astromer import InputError, bundled_models, resolve_model
+from modeling_astromer.bundled import DEFAULT_MODEL
 from modeling_astromer.pipeline import load_pipeline
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -207,7 +209,7 @@ def test_help_everywhere(capsys):
 def test_console_entry_point_runs_as_module():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(  # noqa: PLW1510 (the return code is asserted)
-        [sys.executable, "-m", "modeling_astromer.cli", "--help"],
+        [sys.executable, "-m", "astromer_app", "--help"],
         capture_output=True,
         text=True,
         env=env,
@@ -217,7 +219,7 @@ def test_console_entry_point_runs_as_module():
     for command in ("embed", "pretrain", "finetune", "evaluate", "convert", "plot", "demo"):
         assert command in result.stdout
     result = subprocess.run(  # noqa: PLW1510 (the return code is asserted)
-        [sys.executable, "-m", "modeling_astromer.cli", "frobnicate"],
+        [sys.executable, "-m", "astromer_app", "frobnicate"],
         capture_output=True,
         text=True,
         env=env,
@@ -230,9 +232,9 @@ def test_resolve_model(bundled, tmp_path):
     assert Path(resolve_model(DEFAULT_MODEL)) == bundled
     assert resolve_model("astromer/astromer-2") == "astromer/astromer-2"
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CLIError, match="not a model folder"):
+    with pytest.raises(InputError, match="not a model folder"):
         resolve_model(str(tmp_path / "empty"))
-    with pytest.raises(CLIError, match="bundled models: .*astromer1-macho"):
+    with pytest.raises(InputError, match="bundled models: .*astromer1-macho"):
         resolve_model("astromer1-ogle")
 
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from modeling_astromer.convert import CheckpointConversionError, convert_tf_checkpoint, tf_state_dict
-from modeling_astromer.tf_checkpoint import TFCheckpointError, read_tf_checkpoint
+from astromer_app.convert import CheckpointConversionError, convert_tf_checkpoint, tf_state_dict
+from astromer_app.tf_checkpoint import TFCheckpointError, read_tf_checkpoint
 
 SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 TF_DTYPES = {

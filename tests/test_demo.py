@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from modeling_astromer import demo
-from modeling_astromer.cli import main as cli_main
+from astromer_app import demo
+from astromer_app.cli import main as cli_main
 from modeling_astromer.pipeline import load_pipeline
 
 pytest.importorskip("astromer_train.pretrain")

@@ -16,8 +16,13 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForSequenceClassification
 
-from modeling_astromer import AstromerConfig, AstromerFeatureExtractor, AstromerForMaskedReconstruction, AstromerModel
-from modeling_astromer.hub_layout import MODEL_AUTO_MAP, write_hub_folder
+from astromer_app.hub_layout import MODEL_AUTO_MAP, write_hub_folder
+from modeling_astromer import (
+    AstromerConfig,
+    AstromerFeatureExtractor,
+    AstromerForMaskedReconstruction,
+    AstromerModel,
+)
 
 REPO_ID = "astromer/astromer-2"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

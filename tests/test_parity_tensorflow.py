@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from astromer_app.convert import tf_state_dict
+from astromer_app.tf_checkpoint import read_tf_checkpoint
 from modeling_astromer import AstromerConfig, AstromerForMaskedReconstruction
-from modeling_astromer.convert import tf_state_dict
 from modeling_astromer.modeling_astromer import compute_loss_weights, masked_mean
-from modeling_astromer.tf_checkpoint import read_tf_checkpoint
 
 # (array, absolute tolerance) from the reference README §7
 TOL_LAYER_FULL = 1e-3

@@ -7,9 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from modeling_astromer import AstromerConfig, AstromerFeatureExtractor, AstromerForMaskedReconstruction
-from modeling_astromer.masking import probing_counts
-from modeling_astromer.plots import (
+from astromer_app.plots import (
     masked_reconstruction_examples,
     pca_2d,
     plot_embedding_map,
@@ -17,6 +15,8 @@ from modeling_astromer.plots import (
     plot_reconstruction,
     read_tracker_log,
 )
+from modeling_astromer import AstromerConfig, AstromerFeatureExtractor, AstromerForMaskedReconstruction
+from modeling_astromer.masking import probing_counts
 
 
 def _png(path):

@@ -11,24 +11,24 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-from astromer_train.push_to_hub import (
+from huggingface_hub import CommitInfo, HfApi, ModelCard
+from safetensors.torch import load_file
+from transformers import AutoFeatureExtractor, AutoModel, pipeline
+
+from astromer_app.hub_layout import FEATURE_EXTRACTOR_AUTO_MAP, MODEL_AUTO_MAP
+from astromer_app.model_card import evaluation_table, markdown_table
+from astromer_app.release import (
     CUSTOM_PIPELINES,
     ReleaseError,
     build_release_folder,
     main,
 )
-from huggingface_hub import CommitInfo, HfApi, ModelCard
-from safetensors.torch import load_file
-from transformers import AutoFeatureExtractor, AutoModel, pipeline
-
 from modeling_astromer import (
     AstromerConfig,
     AstromerFeatureExtractor,
     AstromerForMaskedReconstruction,
     AstromerModel,
 )
-from modeling_astromer.hub_layout import FEATURE_EXTRACTOR_AUTO_MAP, MODEL_AUTO_MAP
-from modeling_astromer.model_card import evaluation_table, markdown_table
 from modeling_astromer.pipeline import LightCurveFeatureExtractionPipeline
 
 REPO_ID = "astromer/astromer-2"
@@ -40,6 +40,7 @@ RELEASE_FILES = {
     "configuration_astromer.py",
     "modeling_astromer.py",
     "feature_extraction_astromer.py",
+    "errors.py",
     "pipeline_astromer.py",
     "README.md",
 }
@@ -108,6 +109,7 @@ def test_release_folder_is_complete(release, trained_folder):
         "configuration_astromer.py",
         "modeling_astromer.py",
         "feature_extraction_astromer.py",
+        "errors.py",
         "pipeline_astromer.py",
     ):
         imports = re.findall(

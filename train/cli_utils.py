@@ -12,8 +12,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from modeling_astromer.errors import InputError
 
-class UsageError(ValueError):
+
+class UsageError(InputError):
     """Invalid command-line arguments; entry points print the message and return exit status 2."""
 
 
@@ -37,12 +39,13 @@ positive_int = _number_type(int, lambda v: v >= 1, "a positive integer")
 non_negative_int = _number_type(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _number_type(float, lambda v: 0 < v < float("inf"), "a positive finite number")
 fraction = _number_type(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+open_fraction = _number_type(float, lambda v: 0.0 < v < 1.0, "a number strictly between 0 and 1")
 
 
 def configure_process() -> None:
     """For a training entry point: warnings from libraries, progress messages from the training tools, and a CPU
-    allocator that keeps freed activations for the next step (:mod:`modeling_astromer.allocator`)."""
-    from modeling_astromer.allocator import keep_freed_memory
+    allocator that keeps freed activations for the next step (:mod:`astromer_kernels.allocator`)."""
+    from astromer_kernels.allocator import keep_freed_memory
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logger = logging.getLogger("astromer_train")
@@ -116,6 +119,7 @@ __all__ = [
     "configure_process",
     "fraction",
     "non_negative_int",
+    "open_fraction",
     "positive_float",
     "positive_int",
     "prepare_output_dir",

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from modeling_astromer import AstromerFeatureExtractor, AstromerMaskingCollator
-from modeling_astromer.feature_extraction_astromer import LightCurveValidationError
+from modeling_astromer.errors import InputError, LightCurveValidationError
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ REQUIRED_COLUMNS = ("time", "mag", "err")
 SAMPLING_MODES = ("random", "sequential")
 
 
-class DataSourceError(ValueError):
+class DataSourceError(InputError):
     """A dataset source that cannot be used for training (names the source, the split or the column)."""
 
 

@@ -21,11 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run by path: make `astromer_train` importable from a source checkout
-    import _bootstrap
-
-    _bootstrap.ensure_importable()
-
 import numpy as np
 
 logger = logging.getLogger("astromer_train.evaluate")
@@ -155,7 +150,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from astromer_train.data import DataSourceError
     from astromer_train.finetune import run_finetune
-
     from hub_datasets.folds import FoldError
 
     parser = build_parser()

@@ -25,11 +25,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run by path: make `astromer_train` importable from a source checkout
-    import _bootstrap
-
-    _bootstrap.ensure_importable()
-
 import numpy as np
 
 logger = logging.getLogger("astromer_train.finetune")
@@ -213,12 +208,12 @@ def _ssl_arguments(args: argparse.Namespace, output_dir: Path) -> argparse.Names
 def run_finetune(args: argparse.Namespace, splits, output_dir: Path) -> dict[str, Any]:
     """Steps 1–3 on ``splits`` (train/validation/test); writes ``output_dir`` and returns the metrics."""
     import torch
-    from astromer_train.cli_utils import reset_accelerate_state, write_json_atomic
-    from astromer_train.data import CleanedCurves, PaddingCollator, WindowDataset, windows_table
-    from astromer_train.pretrain import PretrainingData, run_pretraining
     from transformers import EarlyStoppingCallback, Trainer
     from transformers.utils import logging as hf_logging
 
+    from astromer_train.cli_utils import reset_accelerate_state, write_json_atomic
+    from astromer_train.data import CleanedCurves, PaddingCollator, WindowDataset, windows_table
+    from astromer_train.pretrain import PretrainingData, run_pretraining
     from modeling_astromer import AstromerFeatureExtractor, AstromerForSequenceClassification
 
     label_names = _label_names(splits)
@@ -343,7 +338,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         usage_error,
     )
     from astromer_train.data import DataSourceError
-
     from hub_datasets.folds import FoldError
 
     parser = build_parser()

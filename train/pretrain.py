@@ -42,11 +42,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run by path: make `astromer_train` importable from a source checkout
-    import _bootstrap
-
-    _bootstrap.ensure_importable()
-
 import torch
 
 logger = logging.getLogger("astromer_train.pretrain")
@@ -295,7 +290,6 @@ class PretrainingData:
 
 def load_pretraining_data(args: argparse.Namespace, window_size: int):
     from astromer_train.data import CleanedCurves, load_light_curves, split_train_validation
-
     from modeling_astromer import AstromerFeatureExtractor
 
     splits = load_light_curves(args.dataset, synthetic=args.synthetic, survey=args.survey, seed=args.seed)
@@ -388,11 +382,11 @@ def run_pretraining(
     """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
-    from astromer_train.cli_utils import UsageError, clear_output_dir, prepare_output_dir, write_json_atomic
-    from astromer_train.data import DeterministicMaskingCollator, EpochShuffleSampler, WindowDataset
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
+    from astromer_train.cli_utils import UsageError, clear_output_dir, prepare_output_dir, write_json_atomic
+    from astromer_train.data import DeterministicMaskingCollator, EpochShuffleSampler, WindowDataset
     from modeling_astromer import AstromerFeatureExtractor
 
     output_dir = prepare_output_dir(args.output_dir, args.overwrite, resume=args.resume is not None)

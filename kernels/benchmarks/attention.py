@@ -16,7 +16,6 @@ import inspect
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -313,13 +312,12 @@ def attention_suite(device, cases: list[Case], modes: list[str], deadline: float
 # --------------------------------------------------------------------------------------------------------- model step
 def model_step_suite(device, mixes: list[str], n_windows: int, deadline: float) -> list[dict]:
     """Full 6-layer A2 training step (fwd + bwd + AdamW): sdpa padded vs astromer_varlen packed."""
-    sys.path.insert(0, os.getcwd())
     from transformers import AutoConfig  # noqa: F401  (fail early if transformers is too old)
+    from triton.testing import do_bench
 
     import modeling_astromer  # noqa: F401  registers astromer_varlen
     from modeling_astromer import AstromerConfig, AstromerForMaskedReconstruction, AstromerMaskingCollator
     from modeling_astromer.packing import AstromerPackingCollator
-    from triton.testing import do_bench
 
     rows = []
     for mix in mixes:

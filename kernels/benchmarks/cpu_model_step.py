@@ -8,7 +8,7 @@ importable). Four runs per length mix, all in the same process:
   falls back to the blocked varlen path on CPU) and ``"astromer_blocked"``.
 
 ``--precision bf16`` runs the step under bf16 autocast. Like the CLI, it first lets glibc keep freed memory
-(:mod:`modeling_astromer.allocator`); ``--default-allocator`` measures without that.
+(:mod:`astromer_kernels.allocator`); ``--default-allocator`` measures without that.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import torch
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     sys.exit("unset TRITON_INTERPRET: the interpreter is for tests, not timing")
 
-sys.path.insert(0, os.getcwd())
 from modeling_astromer import AstromerConfig, AstromerForMaskedReconstruction, AstromerMaskingCollator  # noqa: E402
 from modeling_astromer.packing import AstromerPackingCollator  # noqa: E402
 
@@ -84,7 +83,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--default-allocator", action="store_true", help="leave glibc malloc at its defaults")
     args = parser.parse_args()
-    from modeling_astromer.allocator import keep_freed_memory
+    from astromer_kernels.allocator import keep_freed_memory
 
     allocator = "allocator unchanged (--default-allocator)" if args.default_allocator else keep_freed_memory()
     torch.set_num_threads(args.threads)

@@ -5,13 +5,10 @@ so host-bound steps can be diagnosed. GPU only: `python kernels/benchmarks/profi
 """
 
 import argparse
-import os
-import sys
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, os.getcwd())
 import modeling_astromer  # noqa: E402,F401  registers astromer_varlen
 from modeling_astromer import AstromerConfig, AstromerForMaskedReconstruction, AstromerMaskingCollator  # noqa: E402
 from modeling_astromer.packing import AstromerPackingCollator  # noqa: E402

@@ -16,7 +16,7 @@ Implementations: ``eager``, ``sdpa``, ``astromer_blocked`` (blocked GEMM attenti
 ``packed``; a ``+onednn`` suffix (e.g. ``astromer_blocked+onednn``) also swaps in the oneDNN linear layers of
 :mod:`astromer_kernels.cpu_linear` (bias and tanh fused into the bf16 GEMMs; in fp32 they are ``nn.Linear``). Like the
 ``astromer`` CLI and the training scripts, the benchmark first lets glibc keep freed memory
-(:mod:`modeling_astromer.allocator`); ``--default-allocator`` measures without that.
+(:mod:`astromer_kernels.allocator`); ``--default-allocator`` measures without that.
 
     python train/benchmarks/throughput.py [--repeats 5] [--threads 2] [--json out.json] [--default-allocator]
                                          [--implementations eager astromer_blocked+onednn ...] [--matmul-tokens N]
@@ -31,12 +31,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import _bootstrap
-
-    _bootstrap.ensure_importable()
 
 import torch
 
@@ -231,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc malloc at its defaults (freed activations go back to the kernel)")
     args = parser.parse_args(argv)
-    from modeling_astromer.allocator import keep_freed_memory
+    from astromer_kernels.allocator import keep_freed_memory
 
     allocator = "allocator unchanged (--default-allocator)" if args.default_allocator else keep_freed_memory()
     torch.set_num_threads(args.threads)

@@ -17,13 +17,19 @@ from pathlib import Path
 
 from transformers import PreTrainedModel
 
-from .feature_extraction_astromer import AstromerFeatureExtractor
-from .file_utils import publish_folder
+import modeling_astromer
+from hub_datasets.atomic import publish_folder
+from modeling_astromer import AstromerFeatureExtractor
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(modeling_astromer.__file__).resolve().parent
 
 # Files copied verbatim into the Hub folder: each must only import its siblings, torch, numpy and transformers.
-REMOTE_CODE_FILES = ("configuration_astromer.py", "modeling_astromer.py", "feature_extraction_astromer.py")
+REMOTE_CODE_FILES = (
+    "configuration_astromer.py",
+    "modeling_astromer.py",
+    "feature_extraction_astromer.py",
+    "errors.py",
+)
 
 MODEL_AUTO_MAP = {
     "AutoConfig": "configuration_astromer.AstromerConfig",

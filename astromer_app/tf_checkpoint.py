@@ -11,7 +11,7 @@ Only what the Astromer converter needs is supported, and everything else is reje
 :class:`TFCheckpointError` naming the file and the problem: no compression, no partitioned (sliced)
 variables, numeric dtypes only (string tensors such as ``_CHECKPOINTABLE_OBJECT_GRAPH`` are skipped).
 Every index block and every returned tensor is CRC-checked. The format is described in
-``astromer_spec.md`` §7.2.
+TensorFlow's ``tensor_bundle.proto`` and LevelDB's ``table_format.md``.
 """
 
 from __future__ import annotations
@@ -24,13 +24,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import google_crc32c
 import numpy as np
+
+from hub_datasets.wire_format import (
+    FIXED32,
+    LENGTH_DELIMITED,
+    VARINT,
+    WireFormatError,
+    iter_fields,
+    masked_crc32c,
+    read_varint,
+    to_int64,
+)
+from modeling_astromer.errors import AstromerError
 
 __all__ = [
     "TFCheckpoint",
     "TFCheckpointError",
-    "masked_crc32c",
     "read_tf_checkpoint",
     "resolve_checkpoint_prefix",
 ]
@@ -43,7 +53,6 @@ OPTIMIZER_PREFIX = "optimizer/"
 _TABLE_MAGIC = 0xDB4775248B80FB57
 _FOOTER_SIZE = 48  # two BlockHandles (varints) zero-padded to 40 bytes, then the 8-byte magic
 _BLOCK_TRAILER_SIZE = 5  # compression-type byte + masked CRC32C (uint32 LE)
-_CRC_MASK_DELTA = 0xA282EAD8
 
 _DT_STRING = 7
 _DT_BFLOAT16 = 14
@@ -65,7 +74,7 @@ _NUMPY_DTYPES: dict[int, np.dtype] = {
 }
 
 
-class TFCheckpointError(ValueError):
+class TFCheckpointError(AstromerError, ValueError):
     """A TensorFlow checkpoint is missing, malformed, corrupted or uses an unsupported feature."""
 
 
@@ -102,87 +111,19 @@ class _BundleEntry:
     has_slices: bool
 
 
-def masked_crc32c(data: bytes | bytearray | memoryview) -> int:
-    """LevelDB/TensorFlow masked CRC32C: ``rotr15(crc32c(data)) + 0xa282ead8`` (mod 2**32)."""
-    crc = google_crc32c.value(bytes(data))
-    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + _CRC_MASK_DELTA) & 0xFFFFFFFF
-
-
-# --------------------------------------------------------------------------------------------- varints / protobuf
-
-
-def _read_varint(buf: bytes | memoryview, pos: int, where: str) -> tuple[int, int]:
-    """Decode one base-128 varint at ``buf[pos]``; returns ``(value, next_pos)``."""
-    result = 0
-    shift = 0
-    while True:
-        if pos >= len(buf):
-            raise TFCheckpointError(f"{where}: truncated varint")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift >= 70:
-            raise TFCheckpointError(f"{where}: varint longer than 10 bytes")
-
-
-def _parse_protobuf(buf: bytes, where: str) -> list[tuple[int, int, int | bytes]]:
-    """Split a serialized protobuf message into ``(field_number, wire_type, value)`` triples.
-
-    Varint and fixed-width values come back as unsigned ``int``, length-delimited ones as ``bytes``.
-    """
-    fields: list[tuple[int, int, int | bytes]] = []
-    pos = 0
-    while pos < len(buf):
-        tag, pos = _read_varint(buf, pos, where)
-        number, wire_type = tag >> 3, tag & 7
-        value: int | bytes
-        if wire_type == 0:
-            value, pos = _read_varint(buf, pos, where)
-        elif wire_type == 1:
-            if pos + 8 > len(buf):
-                raise TFCheckpointError(f"{where}: truncated fixed64 field {number}")
-            (value,) = struct.unpack_from("<Q", buf, pos)
-            pos += 8
-        elif wire_type == 2:
-            length, pos = _read_varint(buf, pos, where)
-            if pos + length > len(buf):
-                raise TFCheckpointError(f"{where}: truncated length-delimited field {number}")
-            value = bytes(buf[pos : pos + length])
-            pos += length
-        elif wire_type == 5:
-            if pos + 4 > len(buf):
-                raise TFCheckpointError(f"{where}: truncated fixed32 field {number}")
-            (value,) = struct.unpack_from("<I", buf, pos)
-            pos += 4
-        else:
-            raise TFCheckpointError(f"{where}: unsupported protobuf wire type {wire_type} (field {number})")
-        if number == 0:
-            raise TFCheckpointError(f"{where}: invalid protobuf field number 0")
-        fields.append((number, wire_type, value))
-    return fields
-
-
-def _as_int64(value: int) -> int:
-    """Reinterpret an unsigned varint as a signed int64 (protobuf encodes negatives as 10-byte varints)."""
-    return value - (1 << 64) if value >= 1 << 63 else value
-
-
 def _decode_shape(buf: bytes, where: str) -> tuple[int, ...]:
     """Decode a ``TensorShapeProto`` (repeated field 2 ``dim`` {1: size}, field 3 ``unknown_rank``)."""
     dims: list[int] = []
-    for number, wire_type, value in _parse_protobuf(buf, where):
-        if number == 2 and wire_type == 2:
+    for number, wire_type, value in iter_fields(buf, where):
+        if number == 2 and wire_type == LENGTH_DELIMITED:
             size = 0
-            for dim_number, dim_wire, dim_value in _parse_protobuf(value, where):  # type: ignore[arg-type]
-                if dim_number == 1 and dim_wire == 0:
-                    size = _as_int64(dim_value)  # type: ignore[arg-type]
+            for dim_number, dim_wire, dim_value in iter_fields(value, where):  # type: ignore[arg-type]
+                if dim_number == 1 and dim_wire == VARINT:
+                    size = to_int64(dim_value)  # type: ignore[arg-type]
             if size < 0:
                 raise TFCheckpointError(f"{where}: tensor shape has an unknown dimension ({size})")
             dims.append(size)
-        elif number == 3 and wire_type == 0 and value:
+        elif number == 3 and wire_type == VARINT and value:
             raise TFCheckpointError(f"{where}: tensor shape has unknown rank")
     return tuple(dims)
 
@@ -193,19 +134,19 @@ def _decode_bundle_entry(buf: bytes, where: str) -> _BundleEntry:
     shape: tuple[int, ...] = ()
     crc: int | None = None
     has_slices = False
-    for number, wire_type, value in _parse_protobuf(buf, where):
-        if number == 1 and wire_type == 0:
+    for number, wire_type, value in iter_fields(buf, where):
+        if number == 1 and wire_type == VARINT:
             dtype = value  # type: ignore[assignment]
-        elif number == 2 and wire_type == 2:
+        elif number == 2 and wire_type == LENGTH_DELIMITED:
             shape = _decode_shape(value, where)  # type: ignore[arg-type]
-        elif number == 3 and wire_type == 0:
+        elif number == 3 and wire_type == VARINT:
             shard_id = value  # type: ignore[assignment]
-        elif number == 4 and wire_type == 0:
-            offset = _as_int64(value)  # type: ignore[arg-type]
-        elif number == 5 and wire_type == 0:
-            size = _as_int64(value)  # type: ignore[arg-type]
-        elif number == 6 and wire_type == 5:
-            crc = value  # type: ignore[assignment]
+        elif number == 4 and wire_type == VARINT:
+            offset = to_int64(value)  # type: ignore[arg-type]
+        elif number == 5 and wire_type == VARINT:
+            size = to_int64(value)  # type: ignore[arg-type]
+        elif number == 6 and wire_type == FIXED32:
+            crc = int.from_bytes(value, "little")  # type: ignore[arg-type]
         elif number == 7:
             has_slices = True
     if offset < 0 or size < 0:
@@ -216,10 +157,10 @@ def _decode_bundle_entry(buf: bytes, where: str) -> _BundleEntry:
 def _decode_bundle_header(buf: bytes, where: str) -> tuple[int, bool]:
     """Decode a ``BundleHeaderProto``; returns ``(num_shards, little_endian)``."""
     num_shards, endianness = 0, 0
-    for number, wire_type, value in _parse_protobuf(buf, where):
-        if number == 1 and wire_type == 0:
+    for number, wire_type, value in iter_fields(buf, where):
+        if number == 1 and wire_type == VARINT:
             num_shards = value  # type: ignore[assignment]
-        elif number == 2 and wire_type == 0:
+        elif number == 2 and wire_type == VARINT:
             endianness = value  # type: ignore[assignment]
     return num_shards, endianness == 0
 
@@ -266,9 +207,9 @@ def _iter_block_entries(block: memoryview, index_path: Path, what: str) -> Itera
     pos = 0
     key = b""
     while pos < entries_end:
-        shared, pos = _read_varint(block, pos, where)
-        non_shared, pos = _read_varint(block, pos, where)
-        value_len, pos = _read_varint(block, pos, where)
+        shared, pos = read_varint(block, pos, where)
+        non_shared, pos = read_varint(block, pos, where)
+        value_len, pos = read_varint(block, pos, where)
         if shared > len(key) or pos + non_shared + value_len > entries_end:
             raise TFCheckpointError(f"{where}: malformed entry at byte {pos} (key or value out of bounds)")
         new_key = key[:shared] + bytes(block[pos : pos + non_shared])
@@ -296,15 +237,15 @@ def _iter_table(index_path: Path) -> Iterator[tuple[str, bytes]]:
             "not a TensorFlow checkpoint index, or the file is truncated"
         )
     where = f"{index_path}: footer"
-    _, pos = _read_varint(footer, 0, where)  # metaindex offset (TF bundles leave the metaindex empty)
-    _, pos = _read_varint(footer, pos, where)  # metaindex size
-    index_offset, pos = _read_varint(footer, pos, where)
-    index_size, pos = _read_varint(footer, pos, where)
+    _, pos = read_varint(footer, 0, where)  # metaindex offset (TF bundles leave the metaindex empty)
+    _, pos = read_varint(footer, pos, where)  # metaindex size
+    index_offset, pos = read_varint(footer, pos, where)
+    index_size, pos = read_varint(footer, pos, where)
     index_block = _read_block(table, index_offset, index_size, index_path, "index")
     for separator, handle in _iter_block_entries(index_block, index_path, "index"):
         handle_where = f"{index_path}: handle of data block {separator!r}"
-        data_offset, hpos = _read_varint(handle, 0, handle_where)
-        data_size, _ = _read_varint(handle, hpos, handle_where)
+        data_offset, hpos = read_varint(handle, 0, handle_where)
+        data_size, _ = read_varint(handle, hpos, handle_where)
         data_block = _read_block(table, data_offset, data_size, index_path, "data")
         for key, value in _iter_block_entries(data_block, index_path, "data"):
             try:
@@ -370,6 +311,13 @@ def read_tf_checkpoint(path: str | Path) -> TFCheckpoint:
         TFCheckpointError: missing index or shard, bad magic, block or tensor CRC mismatch (naming the variable),
             truncated data, sliced variables or an unsupported dtype.
     """
+    try:
+        return _read_tf_checkpoint(path)
+    except WireFormatError as exc:
+        raise TFCheckpointError(f"malformed checkpoint index: {exc}") from exc
+
+
+def _read_tf_checkpoint(path: str | Path) -> TFCheckpoint:
     prefix = resolve_checkpoint_prefix(path)
     index_path = Path(f"{prefix}.index")
 

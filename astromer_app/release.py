@@ -1,11 +1,11 @@
 """Release Astromer weights to the Hugging Face Hub as a complete, self-contained repository.
 
-``python -m astromer_train.push_to_hub SOURCE --repo-id OWNER/NAME [--dry-run --output DIR] ...`` (or
-``python train/push_to_hub.py ...`` from a source checkout).
+``astromer push-to-hub SOURCE --repo-id OWNER/NAME [--dry-run --output DIR] ...``.
 
 SOURCE is a model folder (``save_pretrained`` output, a training run's model folder or an ``astromer convert``
 result) or an official TensorFlow checkpoint (folder or prefix with ``.index``), which is converted first.
-The release folder holds (hf_integration.md §2):
+The release folder holds everything both loading routes need (the package's registered classes, or remote code
+with ``trust_remote_code=True``):
 
 - ``model.safetensors`` and ``config.json`` with the full ``auto_map`` (config, base model, both heads) and
   ``custom_pipelines`` (``pipeline("feature-extraction", model=REPO, trust_remote_code=True)``);
@@ -29,10 +29,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run by path: make `astromer_train` importable from a source checkout
-    import _bootstrap
+from huggingface_hub import HfApi
 
-    _bootstrap.ensure_importable()
+import modeling_astromer
+from hub_datasets.atomic import publish_folder
+from modeling_astromer.errors import AstromerError
+
+from .convert import convert_tf_checkpoint
+from .hub_layout import PACKAGE_DIR, write_hub_folder
+from .model_card import build_model_card, evaluation_table
 
 __all__ = [
     "CUSTOM_PIPELINES",
@@ -57,7 +62,7 @@ RELEASE_FILE_PATTERNS: list[str] = ["*.safetensors", "*.json", "*.py", "README.m
 _MODEL_CLASSES = ("AstromerForMaskedReconstruction", "AstromerForSequenceClassification", "AstromerModel")
 
 
-class ReleaseError(ValueError):
+class ReleaseError(AstromerError, ValueError):
     """The source cannot be released (missing, not an Astromer model, unreadable evaluation, ...)."""
 
 
@@ -75,10 +80,6 @@ def load_release_model(
     The model keeps the class it was saved with (``architectures`` in ``config.json``): a pretraining checkpoint
     keeps its reconstruction head, a fine-tuned classifier its head and gamma.
     """
-    import modeling_astromer
-    from modeling_astromer.convert import CheckpointConversionError, convert_tf_checkpoint
-    from modeling_astromer.tf_checkpoint import TFCheckpointError
-
     path = Path(source)
     if not path.exists() and not Path(f"{path}.index").is_file():
         raise ReleaseError(f"{path}: no such model folder or checkpoint")
@@ -88,7 +89,7 @@ def load_release_model(
         converted = Path(work_dir) / "converted"
         try:
             convert_tf_checkpoint(path, converted, variant=variant)
-        except (CheckpointConversionError, TFCheckpointError) as exc:
+        except AstromerError as exc:
             raise ReleaseError(f"{path}: {exc}") from exc
         path = converted
     config_file = path / "config.json"
@@ -126,10 +127,6 @@ def build_release_folder(
     Returns:
         The output folder.
     """
-    from modeling_astromer.file_utils import publish_folder
-    from modeling_astromer.hub_layout import PACKAGE_DIR, write_hub_folder
-    from modeling_astromer.model_card import build_model_card, evaluation_table
-
     destination = Path(output)
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())) and not overwrite:
         raise ReleaseError(f"{destination} exists and is not empty; pass --overwrite to replace it")
@@ -168,8 +165,6 @@ def upload_release(
     commit_message: str = "Release Astromer weights",
 ) -> Any:
     """Create the repo if needed and upload `folder` in one commit; returns the ``CommitInfo``."""
-    from huggingface_hub import HfApi
-
     api = HfApi(token=token)
     api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
     return api.upload_folder(
@@ -185,7 +180,7 @@ def upload_release(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="push_to_hub",
+        prog="astromer push-to-hub",
         description="Turn converted or trained Astromer weights into a complete Hub repository and upload it.",
     )
     parser.add_argument(
@@ -213,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.dry_run and not args.output:
-        print("push_to_hub: error: --dry-run needs --output DIR", file=sys.stderr)
+        print("astromer push-to-hub: error: --dry-run needs --output DIR", file=sys.stderr)
         return 2
     try:
         with tempfile.TemporaryDirectory(prefix="astromer-release-") as scratch:
@@ -243,8 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 commit_message=args.commit_message,
             )
             print(f"uploaded: {getattr(commit, 'commit_url', commit)}", file=sys.stderr)
-    except (ReleaseError, FileExistsError) as exc:
-        print(f"push_to_hub: error: {exc}", file=sys.stderr)
+    except (AstromerError, FileExistsError) as exc:
+        print(f"astromer push-to-hub: error: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -1,6 +1,6 @@
 """Convert an official TensorFlow Astromer checkpoint (A1 or A2) into a Hugging Face ``save_pretrained`` folder.
 
-The TF checkpoint is read without TensorFlow (:mod:`modeling_astromer.tf_checkpoint`). Variables are matched by
+The TF checkpoint is read without TensorFlow (:mod:`astromer_app.tf_checkpoint`). Variables are matched by
 key *suffix* and shape (the leading ``layer_with_weights-K`` index shifts between pretraining and fine-tuned
 classifier graphs), the architecture is derived from the checkpoint itself (number of blocks, FFN width, projected
 residuals, MASK token), and every variable must find exactly one place in
@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,10 +24,13 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
-from modeling_astromer.configuration_astromer import AstromerConfig
-from modeling_astromer.file_utils import publish_folder
-from modeling_astromer.tf_checkpoint import TFCheckpoint, TFCheckpointError, read_tf_checkpoint
+from hub_datasets.atomic import staging_folder
+from modeling_astromer import AstromerConfig, AstromerFeatureExtractor, AstromerForMaskedReconstruction
+from modeling_astromer.errors import AstromerError
+
+from .tf_checkpoint import TFCheckpoint, read_tf_checkpoint
 
 __all__ = ["CheckpointConversionError", "convert_tf_checkpoint", "tf_state_dict"]
 
@@ -71,7 +72,7 @@ _BOOKKEEPING_KEYS = frozenset({"save_counter"})  # tf.train.Checkpoint counter, 
 _RESIDUAL_LAYERS = ("reshape_leak_1", "reshape_leak_2")
 
 
-class CheckpointConversionError(ValueError):
+class CheckpointConversionError(AstromerError, ValueError):
     """A TF checkpoint cannot be converted: unknown, missing, unused or mis-shaped variables, or a bad target."""
 
 
@@ -279,7 +280,7 @@ def tf_state_dict(
     """Map a TF Astromer checkpoint onto ``AstromerForMaskedReconstruction`` parameter names.
 
     Args:
-        checkpoint: the output of :func:`~modeling_astromer.tf_checkpoint.read_tf_checkpoint`.
+        checkpoint: the output of :func:`~astromer_app.tf_checkpoint.read_tf_checkpoint`.
         variant: ``"astromer1"``, ``"astromer2"`` or ``None`` to detect it (projected residuals or an A2
             ``config.toml`` next to the weights => Astromer 2).
 
@@ -407,9 +408,6 @@ def convert_tf_checkpoint(
         CheckpointConversionError: missing, unused, ambiguous or mis-shaped variables, or a non-empty ``dst``
             without ``overwrite``. In every error case nothing is written at ``dst``.
     """
-    from modeling_astromer.feature_extraction_astromer import AstromerFeatureExtractor
-    from modeling_astromer.modeling_astromer import AstromerForMaskedReconstruction
-
     dst = Path(dst).expanduser()
     _prepare_destination(dst, overwrite)
     checkpoint = read_tf_checkpoint(src)
@@ -418,24 +416,16 @@ def convert_tf_checkpoint(
     complete = _check_against_model(model, state, checkpoint, unused)
     model.load_state_dict(complete, strict=True)
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-    try:
-        model.save_pretrained(tmp_dir)
-        AstromerFeatureExtractor(window_size=config.window_size).save_pretrained(tmp_dir)
-        _verify_saved_weights(tmp_dir, state)
+    with staging_folder(dst) as staging:
+        model.save_pretrained(staging)
+        AstromerFeatureExtractor(window_size=config.window_size).save_pretrained(staging)
+        _verify_saved_weights(staging, state)
         _prepare_destination(dst, overwrite)  # re-check: something may have appeared meanwhile
-        publish_folder(tmp_dir, dst)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return dst
 
 
 def _verify_saved_weights(folder: Path, state: dict[str, torch.Tensor]) -> None:
     """Re-read ``model.safetensors`` and require every converted tensor to be stored bit for bit."""
-    from safetensors.torch import load_file
-
     weights_path = folder / "model.safetensors"
     if not weights_path.is_file():
         raise CheckpointConversionError(f"save_pretrained wrote no {weights_path.name} in {folder}")
@@ -448,6 +438,3 @@ def _verify_saved_weights(folder: Path, state: dict[str, torch.Tensor]) -> None:
             f"{weights_path}: tensors not stored exactly: {', '.join(sorted(bad))}"
         )
 
-
-# TFCheckpointError is re-exported so CLI code can catch both errors from one import.
-__all__ += ["TFCheckpointError"]

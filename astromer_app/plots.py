@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from sklearn.decomposition import PCA
+
+from hub_datasets.atomic import atomic_file
+from modeling_astromer import AstromerMaskingCollator
 
 __all__ = [
     "ReconstructionExample",
@@ -55,27 +58,12 @@ def _check_target(path: str | os.PathLike, overwrite: bool) -> Path:
     return target
 
 
-def _default_file_mode() -> int:
-    """``0o666`` minus the process umask: the mode ``open()`` would have given a new file."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def _save_png(figure: Figure, target: Path, dpi: int) -> Path:
-    """Write `figure` to `target` via a temporary file in the same folder (atomic rename)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".png", dir=target.parent)
-    os.close(handle)
+    """Write `figure` to `target` atomically."""
     try:
-        figure.savefig(
-            temporary, dpi=dpi, format="png"
-        )  # no bbox_inches="tight": the pixel size stays figsize*dpi
-        os.chmod(temporary, _default_file_mode())  # mkstemp creates 0600; give the usual permissions
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        with atomic_file(target, suffix=".png") as temporary:
+            # no bbox_inches="tight": the pixel size stays figsize * dpi
+            figure.savefig(temporary, dpi=dpi, format="png")
     finally:
         plt.close(figure)
     return target
@@ -131,7 +119,6 @@ def masked_reconstruction_examples(
     Returns:
         One :class:`ReconstructionExample` per curve, in input order.
     """
-    from .masking import AstromerMaskingCollator
 
     if not hasattr(model, "reconstruction_head"):
         raise TypeError(
@@ -372,7 +359,6 @@ def pca_2d(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         ``(coordinates (N, 2), explained variance ratio (2,))``, computed in float64.
     """
-    from sklearn.decomposition import PCA
 
     data = np.asarray(embeddings, dtype=np.float64)
     if data.ndim != 2 or data.shape[0] < 2:
