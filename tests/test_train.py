@@ -38,7 +38,7 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 def test_two_process_cpu_pretraining(tmp_path, env):
     out = tmp_path / "ddp"
     environment = dict(env, ACCELERATE_USE_CPU="1")
-    _run(["torchrun", "--nproc_per_node", "2", "--master_port", "29517", "train/pretrain.py", "--synthetic", "40",
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "train/pretrain.py", "--synthetic", "40",
           *TINY, "--batch-size", "4", "--max-steps", "3", "--quiet", "--output-dir", str(out)], environment)
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["num_processes"] == 2
