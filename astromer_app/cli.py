@@ -41,6 +41,7 @@ from modeling_astromer.errors import AstromerError, InputError
 
 from . import demo, release
 from .convert import convert_tf_checkpoint
+from .dataset_commands import folds_main, publish_main
 from .embedding import (
     bf16_autocast,
     check_output,
@@ -64,6 +65,8 @@ PASS_THROUGH_COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "pretrain": (pretrain_script.main, "masked-reconstruction pretraining (Accelerate)"),
     "finetune": (finetune_script.main, "the paper's fine-tuning protocol on one few-shot split"),
     "evaluate": (evaluate_script.main, "the few-shot evaluation table (folds x samples per class)"),
+    "folds": (folds_main, "write the paper's few-shot splits of a labelled light-curve dataset"),
+    "publish-dataset": (publish_main, "write a survey and its folds as Parquet + dataset card (and push it)"),
     "push-to-hub": (release.main, "write (and upload) a complete Hub repository for a model"),
     "demo": (demo.main, "the main job: sample survey -> pretraining -> few-shot evaluation -> plots and report"),
 }

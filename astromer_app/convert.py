@@ -5,7 +5,7 @@ key *suffix* and shape (the leading ``layer_with_weights-K`` index shifts betwee
 classifier graphs), the architecture is derived from the checkpoint itself (number of blocks, FFN width, projected
 residuals, MASK token), and every variable must find exactly one place in
 :class:`~modeling_astromer.modeling_astromer.AstromerForMaskedReconstruction`: a missing or unused variable is an
-error and nothing is written. Mapping rules: ``astromer_spec.md`` §7.3.
+error and nothing is written.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The few-shot fold protocol of the Astromer papers (``create_datasets.py``, data.md §3), as a function and a CLI.
+"""The few-shot fold protocol of the Astromer papers (the official ``create_datasets.py``), as functions.
 
 For each fold ``k`` (an independent random draw, seeded by ``(seed, k)``):
 
@@ -19,29 +19,23 @@ Deviations from the official A2 ``create_datasets.py`` (each reproducible with a
 The samplers use ``numpy.random.Generator`` (not pandas' ``sample``), so the splits are deterministic per seed but
 not the same objects as upstream's. Train/validation/test never share a row of the input dataset.
 
-CLI::
-
-    python -m hub_datasets.folds --synthetic macho --n-curves 20000 --out folds/ [--overwrite]
-    python -m hub_datasets.folds --from-disk alcock_ds/ --out folds/ --spc 20 100 500 --folds 3
+Command line: ``astromer folds`` (:mod:`astromer_app.dataset_commands`).
 """
 
 from __future__ import annotations
 
-import argparse
-import shutil
-import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
 import numpy as np
 
+from hub_datasets.atomic import staging_folder
 from modeling_astromer.errors import AstromerError
 
 
 class FoldError(AstromerError, ValueError):
-    """The dataset cannot supply the requested split sizes (names the class and the counts)."""
+    """The fold protocol cannot be applied: invalid sizes, no labels, or a class too small for them (named)."""
 
 
 def _label_names(dataset: datasets.Dataset) -> list[str]:
@@ -74,14 +68,14 @@ def make_fewshot_splits(
     replacement), else :class:`FoldError` names the class. Same arguments ⇒ the same rows in the same order.
     """
     if n_folds < 1 or test_per_class < 1:
-        raise ValueError(f"n_folds and test_per_class must be >= 1, got {n_folds}, {test_per_class}")
+        raise FoldError(f"n_folds and test_per_class must be >= 1, got {n_folds}, {test_per_class}")
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise FoldError(f"val_fraction must be in [0, 1), got {val_fraction}")
     spcs = [int(s) for s in samples_per_class]
     if not spcs or min(spcs) < 1:
-        raise ValueError(f"samples_per_class must be positive integers, got {samples_per_class}")
+        raise FoldError(f"samples_per_class must be positive integers, got {samples_per_class}")
     if "label" not in dataset.column_names:
-        raise ValueError(f"dataset has no 'label' column (columns: {dataset.column_names})")
+        raise FoldError(f"dataset has no 'label' column (columns: {dataset.column_names})")
     labels = np.asarray(dataset.with_format("numpy")["label"], dtype=np.int64)
     names = _label_names(dataset)
     by_class = {c: idx for c, idx in _per_class_indices(labels).items() if c >= 0}
@@ -165,120 +159,18 @@ def write_splits(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    if fmt not in ("arrow", "parquet"):
+        raise FoldError(f"format must be 'arrow' or 'parquet', got {fmt!r}")
     written = []
-    try:
+    with staging_folder(out) as tmp:
         for (fold, spc), dd in sorted(splits.items()):
             folder = tmp / config_name(fold, spc)
             if fmt == "arrow":
                 dd.save_to_disk(str(folder))
-            elif fmt == "parquet":
+            else:
                 folder.mkdir()
                 for split, ds in dd.items():
                     ds.to_parquet(str(folder / f"{split}.parquet"))
-            else:
-                raise ValueError(f"format must be 'arrow' or 'parquet', got {fmt!r}")
             written.append(out / config_name(fold, spc))
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return written
 
-
-def load_input(args: argparse.Namespace) -> datasets.Dataset:
-    """The dataset named by `--synthetic` or `--from-disk` (a save_to_disk folder, or a .parquet file) and `--split`."""
-    if args.synthetic:
-        from hub_datasets.synthetic import generate_survey
-
-        return generate_survey(args.n_curves, survey=args.synthetic, seed=args.seed)
-    path = Path(args.from_disk)
-    if not path.exists():
-        raise FileNotFoundError(f"--from-disk {path}: no such file or folder")
-    if path.suffix == ".parquet":
-        return datasets.Dataset.from_parquet(str(path))
-    loaded = datasets.load_from_disk(str(path))
-    if isinstance(loaded, datasets.DatasetDict):
-        if args.split not in loaded:
-            raise KeyError(f"--from-disk {path}: split {args.split!r} not found (have {list(loaded)})")
-        return loaded[args.split]
-    return loaded
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser of ``python -m hub_datasets.folds``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m hub_datasets.folds",
-        description="Write the Astromer few-shot splits (fold × samples-per-class) of a labelled light-curve dataset.",
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--from-disk",
-        metavar="PATH",
-        help="a save_to_disk folder (Dataset or DatasetDict) or a .parquet file",
-    )
-    source.add_argument("--synthetic", choices=["macho", "atlas"], help="generate a synthetic survey instead")
-    parser.add_argument(
-        "--split", default="train", help="split to use when --from-disk is a DatasetDict (default: train)"
-    )
-    parser.add_argument("--n-curves", type=int, default=20_000, help="synthetic survey size (default: 20000)")
-    parser.add_argument(
-        "--out", required=True, help="output folder; one sub-folder fold<k>_spc<n> per configuration"
-    )
-    parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--test-per-class", type=int, default=100)
-    parser.add_argument(
-        "--spc", type=int, nargs="+", default=[20, 100, 500], help="samples per class (default: 20 100 500)"
-    )
-    parser.add_argument("--val-fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--with-replacement", action="store_true", help="train drawn with replacement (upstream A2)"
-    )
-    parser.add_argument(
-        "--unstratified-validation",
-        action="store_true",
-        help="validation drawn from all classes together (upstream A2)",
-    )
-    parser.add_argument("--format", choices=["arrow", "parquet"], default="arrow")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace an existing, non-empty --out folder"
-    )
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns the exit status (2 on bad input, with a one-line error on stderr)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
-        parser.error(f"output folder {out} exists and is not empty; pass --overwrite to replace it")
-    try:
-        dataset = load_input(args)
-        splits = make_fewshot_splits(
-            dataset,
-            n_folds=args.folds,
-            test_per_class=args.test_per_class,
-            samples_per_class=args.spc,
-            val_fraction=args.val_fraction,
-            seed=args.seed,
-            train_with_replacement=args.with_replacement,
-            stratified_validation=not args.unstratified_validation,
-        )
-        written = write_splits(splits, out, overwrite=args.overwrite, fmt=args.format)
-    except (FoldError, ValueError, FileNotFoundError, KeyError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for (fold, spc), dd in sorted(splits.items()):
-        sizes = ", ".join(f"{k} {len(v)}" for k, v in dd.items())
-        print(f"{config_name(fold, spc)}: {sizes}")
-    print(f"wrote {len(written)} configurations to {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,22 +10,13 @@ Configs: ``full`` (the whole survey, split ``train``) and ``fold<k>_spc<n>`` (tr
 ``datasets.load_dataset(folder, "fold0_spc20")``, and from the Hub with ``load_dataset(repo_id, "fold0_spc20")``;
 ``ClassLabel`` names come back from ``dataset_info`` (and from the Parquet schema metadata).
 
-CLI::
-
-    python -m hub_datasets.publish --synthetic macho --n-curves 5000 --out pub/ --repo-id me/astromer-synthetic --dry-run
-    python -m hub_datasets.publish --from-disk alcock_ds/ --survey alcock --out pub/ --repo-id astromer/alcock
-
-Without ``--dry-run`` it runs ``HfApi.create_repo(exist_ok=True)`` then one ``HfApi.upload_folder`` commit
+Command line: ``astromer publish-dataset`` (:mod:`astromer_app.dataset_commands`). :func:`push_folder` runs ``HfApi.create_repo(exist_ok=True)`` then one ``HfApi.upload_folder`` commit
 (authentication as usual for ``huggingface_hub``: ``HF_TOKEN`` or ``hf auth login``).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import shutil
-import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -34,7 +25,7 @@ from datasets.info import DatasetInfo, DatasetInfosDict
 from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi
 
-from hub_datasets.folds import config_name, make_fewshot_splits
+from hub_datasets.atomic import staging_folder
 
 SURVEY_DESCRIPTIONS: dict[str, str] = {
     "macho": "MACHO LMC R-band light curves (instrumental magnitudes).",
@@ -85,7 +76,7 @@ from datasets import load_dataset
 ds = load_dataset("<repo_id>", "{first_fold}")
 ```
 
-Converted with `python -m hub_datasets.publish` (package `astromer-hf`).
+Converted with `astromer publish-dataset` (package `astromer-hf`).
 """
 
 
@@ -102,9 +93,7 @@ def build_folder(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staging_folder(out) as tmp:
         metadata_configs = MetadataConfigs()
         infos = DatasetInfosDict()
         for name, dd in datasets_by_config.items():
@@ -130,12 +119,6 @@ def build_folder(
             + _card_text(survey, list(datasets_by_config), protocol),
         )
         card.save(str(tmp / "README.md"))
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -154,84 +137,3 @@ def push_folder(
     )
     return str(getattr(info, "commit_url", info))
 
-
-def _load_source(args: argparse.Namespace) -> tuple[datasets.Dataset, str]:
-    from hub_datasets.folds import load_input
-
-    name = f"synthetic-{args.synthetic}" if args.synthetic else args.survey or Path(args.from_disk).name
-    return load_input(args), name
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser of ``python -m hub_datasets.publish``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m hub_datasets.publish",
-        description="Write a survey and its few-shot folds as Parquet + dataset card, then push it to the Hub.",
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--from-disk", metavar="PATH", help="a save_to_disk folder (e.g. a builder's as_dataset output)"
-    )
-    source.add_argument("--synthetic", choices=["macho", "atlas"], help="publish a synthetic survey")
-    parser.add_argument("--survey", help="survey name for the card (default: folder name)")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--n-curves", type=int, default=5000)
-    parser.add_argument("--out", required=True, help="local output folder")
-    parser.add_argument(
-        "--repo-id", help="Hub dataset repo, e.g. astromer/alcock (required unless --dry-run)"
-    )
-    parser.add_argument(
-        "--folds", type=int, default=3, help="number of folds (0: publish only the 'full' config)"
-    )
-    parser.add_argument("--spc", type=int, nargs="+", default=[20, 100, 500])
-    parser.add_argument("--test-per-class", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-rows-per-shard", type=int, default=20_000)
-    parser.add_argument("--private", action="store_true")
-    parser.add_argument("--dry-run", action="store_true", help="write the folder only; do not push")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out folder")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns the exit status (2 on bad input)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.dry_run and not args.repo_id:
-        parser.error("--repo-id is required unless --dry-run")
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
-        parser.error(f"output folder {out} exists and is not empty; pass --overwrite to replace it")
-    try:
-        dataset, survey = _load_source(args)
-        configs: dict[str, datasets.DatasetDict] = {"full": datasets.DatasetDict({"train": dataset})}
-        protocol = ""
-        if args.folds > 0:
-            splits = make_fewshot_splits(
-                dataset,
-                n_folds=args.folds,
-                test_per_class=args.test_per_class,
-                samples_per_class=args.spc,
-                seed=args.seed,
-            )
-            configs.update({config_name(f, s): dd for (f, s), dd in sorted(splits.items())})
-            protocol = (
-                f"Few-shot configs: {args.folds} folds × samples per class {args.spc}; test = {args.test_per_class} "
-                f"curves per class per fold; validation = 20 % of spc per class; seed {args.seed} "
-                "(`hub_datasets.folds.make_fewshot_splits`)."
-            )
-        build_folder(configs, out, survey, protocol, args.max_rows_per_shard, overwrite=args.overwrite)
-    except (ValueError, FileNotFoundError, KeyError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(configs)} configs to {out}")
-    if args.dry_run:
-        print("dry run: not pushed")
-        return 0
-    url = push_folder(out, args.repo_id, private=args.private)
-    print(f"pushed to {args.repo_id}: {url}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

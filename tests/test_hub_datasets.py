@@ -17,7 +17,7 @@ from hub_datasets import make_fewshot_splits
 from hub_datasets.builders import AlcockBuilder, AtlasBuilder, MachoBuilder
 from hub_datasets.cleaning import BadLightCurveError
 from hub_datasets.folds import FoldError
-from hub_datasets.folds import main as folds_main
+from astromer_app.dataset_commands import folds_main
 from hub_datasets.raw_layouts import (
     LayoutError,
     StoredCurve,
@@ -431,7 +431,7 @@ def test_sdss_rrlyrae(shared_dir: Path) -> None:
 def test_publish_dry_run_loads_and_push_is_mocked(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from huggingface_hub import HfApi
 
-    from hub_datasets.publish import main as publish_main
+    from astromer_app.dataset_commands import publish_main
 
     out = tmp_path / "pub"
     args = [
