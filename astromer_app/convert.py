@@ -213,6 +213,17 @@ def _read_sidecar_config(checkpoint_dir: Path) -> tuple[str | None, dict[str, An
     return None, {}
 
 
+def _detect_variant(match: _Match, sidecar_kind: str | None, sidecar: dict[str, Any]) -> tuple[str, str]:
+    """``(variant, the evidence)``: only Astromer 2 blocks have projected residuals, and the official training
+    configuration stored next to the weights names its code base (``config.toml``: Astromer 2, ``conf.json``:
+    Astromer 1)."""
+    if match.has_residual_projection:
+        return "astromer2", "its encoder blocks have projected residuals (reshape_leak_1/2)"
+    if sidecar_kind is not None:
+        return sidecar_kind, f"its training configuration {sidecar['_file'].name} belongs to {sidecar_kind}"
+    return "astromer1", "its encoder blocks have no projected residuals and no Astromer 2 config.toml lies beside it"
+
+
 def _build_config(checkpoint: TFCheckpoint, match: _Match, variant: str | None) -> AstromerConfig:
     """Derive the architecture from the checkpoint, on top of the chosen preset."""
     variables = checkpoint.variables
@@ -230,11 +241,14 @@ def _build_config(checkpoint: TFCheckpoint, match: _Match, variant: str | None) 
     num_layers = max(match.block_ids) + 1
 
     sidecar_kind, sidecar = _read_sidecar_config(checkpoint.prefix.parent)
+    detected = _detect_variant(match, sidecar_kind, sidecar)
     if variant is None:
-        if match.has_residual_projection or sidecar_kind == "astromer2":
-            variant = "astromer2"
-        else:
-            variant = "astromer1"
+        variant = detected[0]
+    elif variant != detected[0]:
+        raise CheckpointConversionError(
+            f"{checkpoint.prefix}: variant {variant!r} contradicts the checkpoint, which is {detected[0]}: "
+            f"{detected[1]}; leave the variant out to use the detected one"
+        )
     if sidecar:
         expected = {"_layers": num_layers, "_ffn": intermediate_size, "_leak": match.has_residual_projection}
         wrong = [

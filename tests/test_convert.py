@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from astromer_app.cli import main as cli_main
 from astromer_app.convert import CheckpointConversionError, convert_tf_checkpoint, tf_state_dict
 from astromer_app.tf_checkpoint import TFCheckpointError, read_tf_checkpoint
 
@@ -578,8 +579,8 @@ def test_variant_and_sidecar_checks(tmp_path: Path) -> None:
     variables = tiny_astromer_variables(np.random.default_rng(6), leak=False)
     write_variables(tmp_path / "tf" / "weights", variables)
     checkpoint = read_tf_checkpoint(tmp_path / "tf")
-    config, state = tf_state_dict(checkpoint, variant="astromer2")
-    assert config.attention_bias_mode == "key_mask" and config.use_residual_projection is False
+    config, state = tf_state_dict(checkpoint, variant="astromer1")
+    assert config.attention_bias_mode == "a1_query_key_bias" and config.use_residual_projection is False
     assert state["astromer.layers.0.ffn.fc_in.weight"].shape == (24, 16)
     assert state["astromer.layers.0.ffn.fc_in.weight"].is_contiguous()
     with pytest.raises(CheckpointConversionError, match="variant must be one of"):
@@ -590,6 +591,8 @@ def test_variant_and_sidecar_checks(tmp_path: Path) -> None:
     )
     config, _ = tf_state_dict(read_tf_checkpoint(tmp_path / "tf"))
     assert config.num_attention_heads == 2 and config.conversion_source["variant"] == "astromer2"
+    config, _ = tf_state_dict(read_tf_checkpoint(tmp_path / "tf"), variant="astromer2")  # the config agrees
+    assert config.attention_bias_mode == "key_mask" and config.use_residual_projection is False
     (tmp_path / "tf" / "config.toml").write_text("num_layers = 6\nmixer = 24\n")
     with pytest.raises(
         CheckpointConversionError, match=r"config\.toml does not describe these weights: layers=6"
@@ -630,3 +633,34 @@ def test_converted_a2_reproduces_tf_reconstruction(reference_dir: Path, tmp_path
     reconstruction = output.reconstruction.reshape(8, -1).double().numpy()
     diff = np.abs(reconstruction - ref["inf_reconstruction"][:8]) * real[:8]
     assert diff.max() < 1e-4  # reference README §7 tolerance
+
+
+@pytest.mark.parametrize("leak", [True, False])
+def test_wrong_variant_is_refused_and_nothing_is_written(tmp_path: Path, leak: bool) -> None:
+    """A variant that contradicts the checkpoint's variable names is an error: converting an Astromer 1 checkpoint
+    as Astromer 2 (or the reverse) used to write a model whose embeddings were 33-55 % off."""
+    write_variables(tmp_path / "tf" / "weights", tiny_astromer_variables(np.random.default_rng(7), leak=leak))
+    wrong = "astromer1" if leak else "astromer2"
+    detected = "astromer2" if leak else "astromer1"
+    with pytest.raises(CheckpointConversionError, match=f"variant '{wrong}' contradicts the checkpoint, which is {detected}"):
+        convert_tf_checkpoint(tmp_path / "tf", tmp_path / "out", variant=wrong)
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    assert cli_main(["convert", str(tmp_path / "tf"), str(tmp_path / "out"), "--variant", wrong]) == 1
+    assert not (tmp_path / "out").exists()
+    convert_tf_checkpoint(tmp_path / "tf", tmp_path / "out", variant=detected)
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["conversion_source"]["variant"] == detected
+
+
+def test_wrong_variant_against_the_training_configuration(tmp_path: Path) -> None:
+    write_variables(tmp_path / "tf" / "weights", tiny_astromer_variables(np.random.default_rng(8), leak=False))
+    (tmp_path / "tf" / "conf.json").write_text(json.dumps({"layers": 2, "dff": 24, "heads": 2}))
+    with pytest.raises(CheckpointConversionError, match="conf.json belongs to astromer1"):
+        tf_state_dict(read_tf_checkpoint(tmp_path / "tf"), variant="astromer2")
+
+
+def test_wrong_variant_on_the_reference_checkpoints(reference_dir: Path, tmp_path: Path) -> None:
+    for name, wrong in (("astromer1_macho_a0", "astromer2"), ("astromer2_tf_random", "astromer1")):
+        with pytest.raises(CheckpointConversionError, match="contradicts the checkpoint"):
+            convert_tf_checkpoint(reference_dir / name, tmp_path / name, variant=wrong)
+        assert not (tmp_path / name).exists()
+
