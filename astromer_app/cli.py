@@ -184,6 +184,17 @@ def _command_plot_embeddings(args: argparse.Namespace) -> int:
     return 0
 
 
+def os_error_message(error: OSError) -> str:
+    """One line for an operating-system error, naming the user's path rather than a temporary sibling of it."""
+    reason = error.strerror or str(error)
+    if error.filename is None:
+        return reason
+    path = Path(error.filename)
+    if path.name.startswith("."):  # a hidden temporary next to the real output: name the folder
+        return f"cannot write in {path.parent}: {reason}"
+    return f"{path}: {reason}"
+
+
 # ----------------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The full ``astromer`` argument parser (the pass-through commands parse their own arguments)."""
@@ -315,6 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except AstromerError as exc:
         print(f"astromer: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # an output that cannot be written, a full disk, a file that vanished
+        print(f"astromer: error: {os_error_message(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("astromer: interrupted", file=sys.stderr)

@@ -3,13 +3,17 @@
 Everything this project writes for a user goes through here: a temporary sibling is written first (on the same file
 system, so the final rename is atomic), given the permissions a plain ``open()`` or ``mkdir()`` would have given
 (``mkstemp``/``mkdtemp`` create owner-only entries), and renamed into place only once it is complete. A failure
-removes the temporary sibling and leaves whatever was there before untouched.
+removes the temporary sibling and the folders created for it, and leaves whatever was there before untouched.
+
+Temporary siblings are named ``.<name>.<pid>.<random>``: a process killed with SIGKILL cannot clean up after itself,
+so the next successful write of the same name removes the temporaries whose process no longer runs.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -42,25 +46,74 @@ def _apply_default_modes(folder: Path) -> None:
             os.chmod(path, default_mode(is_dir=path.is_dir()))
 
 
+def _temporary_prefix(target: Path) -> str:
+    return f".{target.name}.{os.getpid()}."
+
+
+def _process_is_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process: alive
+        return False
+    return False
+
+
+def _remove_stale_temporaries(target: Path) -> None:
+    """Remove the temporary siblings of ``target`` left by processes that no longer run."""
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(?:old-)?(\d+)\.")
+    for sibling in target.parent.iterdir():
+        found = pattern.match(sibling.name)
+        if not found or int(found.group(1)) == os.getpid() or not _process_is_gone(int(found.group(1))):
+            continue
+        if sibling.is_dir() and not sibling.is_symlink():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            sibling.unlink(missing_ok=True)
+
+
+@contextmanager
+def _parent_folder(target: Path) -> Iterator[None]:
+    """Create the missing parents of ``target``; remove the ones created here if the block fails and they are
+    still empty."""
+    missing = []
+    folder = target.parent
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for folder in missing:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write; it replaces ``path`` when the block ends without error.
 
-    The temporary name is ``.<name>.<random><suffix>`` in the same folder (created if needed); give ``suffix`` when
-    the writer infers the format from the extension (e.g. ``".png"``).
+    The temporary name is ``.<name>.<pid>.<random><suffix>`` in the same folder (created if needed); give
+    ``suffix`` when the writer infers the format from the extension (e.g. ``".png"``).
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
-    os.close(handle)
-    temporary = Path(name)
-    try:
-        yield temporary
-        os.chmod(temporary, default_mode())
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with _parent_folder(target):
+        handle, name = tempfile.mkstemp(prefix=_temporary_prefix(target), suffix=suffix, dir=target.parent)
+        os.close(handle)
+        temporary = Path(name)
+        try:
+            yield temporary
+            os.chmod(temporary, default_mode())
+            os.replace(temporary, target)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+    _remove_stale_temporaries(target)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -89,7 +142,7 @@ def publish_folder(staging: Path, destination: Path) -> None:
     if not destination.exists():
         os.replace(staging, destination)
         return
-    backup = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-", dir=destination.parent))
+    backup = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-{os.getpid()}.", dir=destination.parent))
     os.replace(destination, backup / "previous")
     try:
         os.replace(staging, destination)
@@ -105,11 +158,12 @@ def staging_folder(destination: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary sibling folder of ``destination``; it is published there (:func:`publish_folder`)
     when the block ends without error, and removed otherwise."""
     target = Path(destination)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield staging
-        publish_folder(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with _parent_folder(target):
+        staging = Path(tempfile.mkdtemp(prefix=_temporary_prefix(target), dir=target.parent))
+        try:
+            yield staging
+            publish_folder(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    _remove_stale_temporaries(target)
