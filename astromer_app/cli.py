@@ -40,7 +40,7 @@ from modeling_astromer.bundled import DEFAULT_MODEL
 from modeling_astromer.errors import AstromerError, InputError
 
 from . import demo, release
-from .convert import convert_tf_checkpoint
+from .convert import PROVENANCE_FIELDS, convert_tf_checkpoint
 from .dataset_commands import folds_main, publish_main
 from .embedding import (
     bf16_autocast,
@@ -105,7 +105,10 @@ def _command_embed(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------------- convert
 def _command_convert(args: argparse.Namespace) -> int:
     try:
-        destination = convert_tf_checkpoint(args.src, args.dst, variant=args.variant, overwrite=args.overwrite)
+        provenance = {field: getattr(args, f"source_{field}") for field in PROVENANCE_FIELDS}
+        destination = convert_tf_checkpoint(
+            args.src, args.dst, variant=args.variant, overwrite=args.overwrite, provenance=provenance
+        )
     except (FileExistsError, FileNotFoundError) as exc:
         raise InputError(str(exc)) from exc
     print(f"converted {args.src} -> {destination}", file=sys.stderr)
@@ -196,6 +199,17 @@ def os_error_message(error: OSError) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------- parser
+PROVENANCE_HELP: dict[str, str] = {
+    "repository": "where the checkpoint was published (URL)",
+    "commit": "the repository commit it was taken from",
+    "archive": "the archive it came in (e.g. macho_a0.zip)",
+    "archive_sha256": "SHA-256 of that archive",
+    "training_data": "what the weights were trained on (e.g. 'MACHO LMC R band, 1.5M light curves')",
+    "license": "licence identifier of the weights (e.g. mit)",
+    "citation": "the paper to cite",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``astromer`` argument parser (the pass-through commands parse their own arguments)."""
     parser = argparse.ArgumentParser(
@@ -261,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--variant", choices=("astromer1", "astromer2"), help="default: detected from the names"
     )
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    provenance = convert.add_argument_group(
+        "provenance", "recorded in config.json (conversion_source) and shown on model cards"
+    )
+    for field in PROVENANCE_FIELDS:
+        provenance.add_argument(
+            f"--{field.replace('_', '-')}", dest=f"source_{field}", help=PROVENANCE_HELP[field]
+        )
     convert.set_defaults(handler=_command_convert)
 
     plot = commands.add_parser("plot", help="figures (PNG): reconstruction, learning curves, embedding map")

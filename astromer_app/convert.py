@@ -10,9 +10,12 @@ error and nothing is written.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -70,6 +73,8 @@ _HEAD_KEYS: dict[re.Pattern[str], tuple[str, str]] = {
 _MASK_TOKEN_KEY = re.compile(r"^(?:.+/)?msk_token$")
 _BOOKKEEPING_KEYS = frozenset({"save_counter"})  # tf.train.Checkpoint counter, not a model weight
 _RESIDUAL_LAYERS = ("reshape_leak_1", "reshape_leak_2")
+#: The official training configurations stored next to the weights: Astromer 2's, then Astromer 1's.
+SIDECAR_FILES: tuple[str, ...] = ("config.toml", "conf.json")
 
 
 class CheckpointConversionError(AstromerError, ValueError):
@@ -167,7 +172,7 @@ def _read_sidecar_config(checkpoint_dir: Path) -> tuple[str | None, dict[str, An
     A1 library's ``conf.json``, ``None`` when neither exists. ``settings`` holds the fields a checkpoint cannot
     reveal (heads, dropout, window size, masking fractions) plus the structural ones used for a cross-check.
     """
-    toml_path, json_path = checkpoint_dir / "config.toml", checkpoint_dir / "conf.json"
+    toml_path, json_path = (checkpoint_dir / name for name in SIDECAR_FILES)
     try:
         if toml_path.is_file():
             raw = tomllib.loads(toml_path.read_text())
@@ -399,11 +404,26 @@ def _prepare_destination(dst: Path, overwrite: bool) -> None:
         )
 
 
+#: What a converted folder can record about where its weights came from (``config.conversion_source``), beside
+#: what the converter finds itself (checkpoint and folder names, variant, training configuration, file checksums).
+PROVENANCE_FIELDS: tuple[str, ...] = (
+    "repository", "commit", "archive", "archive_sha256", "training_data", "license", "citation"
+)
+
+
+def _file_digests(checkpoint: TFCheckpoint) -> dict[str, str]:
+    """SHA-256 of the checkpoint's index, data shards and training configuration, by file name."""
+    folder, prefix = checkpoint.prefix.parent, checkpoint.prefix.name
+    names = [p for p in sorted(folder.iterdir()) if p.name.startswith(f"{prefix}.") or p.name in SIDECAR_FILES]
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in names if path.is_file()}
+
+
 def convert_tf_checkpoint(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
     variant: Variant | None = None,
     overwrite: bool = False,
+    provenance: Mapping[str, str] | None = None,
 ) -> Path:
     """Convert a TensorFlow Astromer checkpoint into a ``from_pretrained`` folder.
 
@@ -413,6 +433,9 @@ def convert_tf_checkpoint(
         variant: ``"astromer1"`` (A1 attention bias, no residuals), ``"astromer2"`` (key masking) or ``None`` to
             detect it. The architecture sizes always come from the checkpoint.
         overwrite: replace a non-empty ``dst``; the old folder is swapped out only once the new one is complete.
+        provenance: where the checkpoint came from, recorded in ``config.conversion_source`` for model cards (keys
+            of :data:`PROVENANCE_FIELDS`: source repository, commit, archive name and checksum, training data,
+            licence identifier, citation). A ``LICENSE`` file next to the checkpoint is copied into ``dst``.
 
     Returns:
         The output folder.
@@ -423,9 +446,18 @@ def convert_tf_checkpoint(
             without ``overwrite``. In every error case nothing is written at ``dst``.
     """
     dst = Path(dst).expanduser()
+    unknown = sorted(set(provenance or {}) - set(PROVENANCE_FIELDS))
+    if unknown:
+        raise CheckpointConversionError(f"unknown provenance field(s) {unknown}; known: {list(PROVENANCE_FIELDS)}")
     _prepare_destination(dst, overwrite)
     checkpoint = read_tf_checkpoint(src)
     config, state, unused = _map_checkpoint(checkpoint, variant)
+    config.conversion_source = {
+        **config.conversion_source,
+        **{key: value for key, value in (provenance or {}).items() if value},
+        "files": _file_digests(checkpoint),
+    }
+    license_file = checkpoint.prefix.parent / "LICENSE"
     model = AstromerForMaskedReconstruction(config)
     complete = _check_against_model(model, state, checkpoint, unused)
     model.load_state_dict(complete, strict=True)
@@ -433,6 +465,8 @@ def convert_tf_checkpoint(
     with staging_folder(dst) as staging:
         model.save_pretrained(staging)
         AstromerFeatureExtractor(window_size=config.window_size).save_pretrained(staging)
+        if license_file.is_file():
+            shutil.copyfile(license_file, staging / "LICENSE")
         _verify_saved_weights(staging, state)
         _prepare_destination(dst, overwrite)  # re-check: something may have appeared meanwhile
     return dst

@@ -142,10 +142,30 @@ def build_publish_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test-per-class", type=positive_int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-rows-per-shard", type=positive_int, default=20_000)
+    parser.add_argument(
+        "--license",
+        help="Hub licence identifier of the data (default for --synthetic: mit, the licence of the generator; "
+        "required for real surveys: their own terms, e.g. 'other' with --license-name and --license-link)",
+    )
+    parser.add_argument("--license-name", help="name of the data's terms when --license other")
+    parser.add_argument("--license-link", help="link to the data's terms when --license other")
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--dry-run", action="store_true", help="write the folder only; do not push")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out folder")
     return parser
+
+
+def _data_license(args: argparse.Namespace) -> str:
+    """The licence of the published data: stated by the user, or this package's own for generated data."""
+    license = args.license or ("mit" if args.synthetic else None)
+    if license is None:
+        raise InputError(
+            "state the licence of the survey data: --license ID, or --license other --license-name NAME "
+            "--license-link URL"
+        )
+    if license == "other" and not args.license_name:
+        raise InputError("--license other needs --license-name (and best --license-link)")
+    return license
 
 
 def publish_main(argv: Sequence[str] | None = None) -> int:
@@ -158,6 +178,7 @@ def publish_main(argv: Sequence[str] | None = None) -> int:
     _refuse_non_empty(parser, out, args.overwrite)
     try:
         dataset = load_input(args)
+        license = _data_license(args)
         survey = f"synthetic-{args.synthetic}" if args.synthetic else args.survey or Path(args.from_disk).name
         configs: dict[str, datasets.DatasetDict] = {"full": datasets.DatasetDict({"train": dataset})}
         protocol = ""
@@ -175,7 +196,18 @@ def publish_main(argv: Sequence[str] | None = None) -> int:
                 f"curves per class per fold; validation = 20 % of spc per class; seed {args.seed} "
                 "(`hub_datasets.folds.make_fewshot_splits`)."
             )
-        build_folder(configs, out, survey, protocol, args.max_rows_per_shard, overwrite=args.overwrite)
+        build_folder(
+            configs,
+            out,
+            survey,
+            protocol,
+            args.max_rows_per_shard,
+            overwrite=args.overwrite,
+            repo_id=args.repo_id,
+            license=license,
+            license_name=args.license_name,
+            license_link=args.license_link,
+        )
     except (AstromerError, FileExistsError) as exc:
         print(f"astromer publish-dataset: error: {exc}", file=sys.stderr)
         return 2

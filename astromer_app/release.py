@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import HfApi
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
 import modeling_astromer
 from hub_datasets.atomic import publish_folder
@@ -121,12 +123,26 @@ def build_release_folder(
     datasets: Sequence[str] | None = None,
     variant: str | None = None,
     overwrite: bool = False,
+    license: str | None = None,
+    base_model: str | None = None,
 ) -> Path:
     """Write the complete Hub folder for `source` into `output`, atomically (nothing is left on error).
+
+    ``license`` (default: the licence recorded at conversion) and ``base_model`` go into the card's metadata; a
+    release without a known licence is refused.
 
     Returns:
         The output folder.
     """
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise ReleaseError(f"--repo-id {repo_id!r} is not a Hub repository id (owner/name): {exc}") from exc
+    if base_model is not None:
+        try:
+            validate_repo_id(base_model)
+        except HFValidationError as exc:
+            raise ReleaseError(f"--base-model {base_model!r} is not a Hub repository id: {exc}") from exc
     destination = Path(output)
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())) and not overwrite:
         raise ReleaseError(f"{destination} exists and is not empty; pass --overwrite to replace it")
@@ -146,11 +162,22 @@ def build_release_folder(
             extra_code_files={"pipeline_astromer.py": PACKAGE_DIR / "pipeline_astromer.py"},
             config_updates={"custom_pipelines": CUSTOM_PIPELINES},
         )
-        card = build_model_card(model.config, repo_id, evaluation=evaluation_markdown, datasets=datasets)
+        try:
+            card = build_model_card(
+                model.config,
+                repo_id,
+                evaluation=evaluation_markdown,
+                datasets=datasets,
+                license=license,
+                base_model=base_model,
+            )
+        except ValueError as exc:
+            raise ReleaseError(f"{source}: {exc}") from exc
         card.save(staged / "README.md")
-        source_path = Path(source)
-        if source_path.is_dir() and (source_path / "LICENSE").is_file():
-            shutil.copyfile(source_path / "LICENSE", staged / "LICENSE")
+        for folder in (Path(source), Path(work) / "converted"):
+            if folder.is_dir() and (folder / "LICENSE").is_file():
+                shutil.copyfile(folder / "LICENSE", staged / "LICENSE")
+                break
         publish_folder(staged, destination)
     return destination
 
@@ -196,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--variant", choices=("astromer1", "astromer2"), help="TF checkpoint variant (default: detect)"
     )
+    parser.add_argument("--license", help="licence identifier of the weights (default: the one recorded at conversion)")
+    parser.add_argument("--base-model", help="Hub id of the model these weights were trained from")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--revision", help="branch to push to")
     parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of pushing")
@@ -221,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 datasets=args.datasets,
                 variant=args.variant,
                 overwrite=args.overwrite,
+                license=args.license,
+                base_model=args.base_model,
             )
             print(
                 f"release folder: {folder} ({', '.join(sorted(p.name for p in folder.iterdir()))})",

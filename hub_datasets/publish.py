@@ -50,7 +50,7 @@ def _write_parquet_shards(
     return names
 
 
-def _card_text(survey: str, configs: Sequence[str], protocol: str) -> str:
+def _card_text(survey: str, configs: Sequence[str], protocol: str, location: str) -> str:
     description = SURVEY_DESCRIPTIONS.get(survey, survey)
     listing = "\n".join(f"- `{c}`" for c in configs)
     first_fold = next((c for c in configs if c != "full"), "full")
@@ -73,7 +73,7 @@ One row per light curve: `id` (string), `time` (MJD, float64 list), `mag` and `e
 
 ```python
 from datasets import load_dataset
-ds = load_dataset("<repo_id>", "{first_fold}")
+ds = load_dataset("{location}", "{first_fold}")  # "{configs[0]}" without a name
 ```
 
 Converted with `astromer publish-dataset` (package `astromer-hf`).
@@ -87,15 +87,27 @@ def build_folder(
     protocol: str = "",
     max_rows_per_shard: int = 20_000,
     overwrite: bool = False,
+    repo_id: str | None = None,
+    license: str = "other",
+    license_name: str | None = None,
+    license_link: str | None = None,
 ) -> Path:
     """Write Parquet shards and the dataset card for every config into ``out`` (atomically; refuses a non-empty
-    ``out`` unless ``overwrite``). Returns ``out``."""
+    ``out`` unless ``overwrite``). Returns ``out``.
+
+    The first config is the default one (``load_dataset(repo)`` without a config name loads it). ``repo_id`` goes
+    into the card's usage snippet (the folder's name when None). ``license`` is a Hub licence identifier; ``"other"``
+    needs ``license_name`` (and, best, ``license_link`` to the survey's terms).
+    """
+    if license == "other" and not license_name:
+        raise ValueError("license='other' needs a license_name (and best a license_link to the data's terms)")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
     with staging_folder(out) as tmp:
         metadata_configs = MetadataConfigs()
         infos = DatasetInfosDict()
+        default_config = next(iter(datasets_by_config))
         for name, dd in datasets_by_config.items():
             data_files = []
             split_infos = datasets.SplitDict()
@@ -103,11 +115,13 @@ def build_folder(
                 _write_parquet_shards(ds, tmp / "data" / name, split, max_rows_per_shard)
                 data_files.append({"split": split, "path": f"data/{name}/{split}-*.parquet"})
                 split_infos.add(datasets.SplitInfo(name=split, num_examples=len(ds)))
-            metadata_configs[name] = {"data_files": data_files}
+            metadata_configs[name] = {"data_files": data_files, "default": name == default_config}
             first = next(iter(dd.values()))
             infos[name] = DatasetInfo(features=first.features, config_name=name, splits=split_infos)
         card_data = DatasetCardData(
-            license="other",
+            license=license,
+            license_name=license_name,
+            license_link=license_link,
             pretty_name=f"{survey} light curves",
             tags=["astronomy", "light-curves", "time-series"],
         )
@@ -116,7 +130,7 @@ def build_folder(
         card = DatasetCard.from_template(
             card_data,
             template_str="---\n{{ card_data }}\n---\n"
-            + _card_text(survey, list(datasets_by_config), protocol),
+            + _card_text(survey, list(datasets_by_config), protocol, repo_id or out.name),
         )
         card.save(str(tmp / "README.md"))
     return out

@@ -12,7 +12,13 @@ import pytest
 
 from astromer_app.cli import main as cli_main
 from astromer_app.cli import os_error_message
-from hub_datasets.atomic import atomic_file, default_mode, staging_folder, write_json_atomic, write_text_atomic
+from hub_datasets.atomic import (
+    atomic_file,
+    default_mode,
+    staging_folder,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 
 def _mode(path: Path) -> int:

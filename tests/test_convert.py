@@ -19,6 +19,7 @@ import torch
 from astromer_app.cli import main as cli_main
 from astromer_app.convert import CheckpointConversionError, convert_tf_checkpoint, tf_state_dict
 from astromer_app.tf_checkpoint import TFCheckpointError, read_tf_checkpoint
+from modeling_astromer import bundled_model_path
 
 SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 TF_DTYPES = {
@@ -664,3 +665,18 @@ def test_wrong_variant_on_the_reference_checkpoints(reference_dir: Path, tmp_pat
             convert_tf_checkpoint(reference_dir / name, tmp_path / name, variant=wrong)
         assert not (tmp_path / name).exists()
 
+
+
+def test_conversion_records_provenance_checksums_and_licence(reference_dir: Path, tmp_path: Path) -> None:
+    provenance = {"repository": "https://github.com/astromer-science/weights", "commit": "649eda4", "license": "mit"}
+    out = convert_tf_checkpoint(reference_dir / "astromer1_macho_a0", tmp_path / "a1", provenance=provenance)
+    source = json.loads((out / "config.json").read_text())["conversion_source"]
+    assert {k: source[k] for k in provenance} == provenance
+    bundled = json.loads((bundled_model_path("astromer1-macho") / "config.json").read_text())["conversion_source"]
+    assert source["files"] == bundled["files"]  # the bundled weights were converted from these very files
+    assert set(source["files"]) == {"weights.index", "weights.data-00000-of-00001", "conf.json"}
+    assert (out / "LICENSE").read_bytes() == (reference_dir / "astromer1_macho_a0" / "LICENSE").read_bytes()
+    with pytest.raises(CheckpointConversionError, match="unknown provenance field"):
+        convert_tf_checkpoint(reference_dir / "astromer1_macho_a0", tmp_path / "b", provenance={"licence": "mit"})
+    assert cli_main(["convert", str(reference_dir / "astromer1_macho_a0"), str(tmp_path / "c"), "--license", "mit"]) == 0
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["conversion_source"]["license"] == "mit"

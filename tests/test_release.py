@@ -28,6 +28,7 @@ from modeling_astromer import (
     AstromerFeatureExtractor,
     AstromerForMaskedReconstruction,
     AstromerModel,
+    bundled_model_path,
 )
 from modeling_astromer.pipeline import LightCurveFeatureExtractionPipeline
 
@@ -86,7 +87,9 @@ def release(trained_folder, evaluation_json, tmp_path_factory):
     source, _ = trained_folder
     cache = tmp_path_factory.mktemp("hf_cache")
     repo = cache / "models--astromer--astromer-2"
-    folder = build_release_folder(source, repo / "snapshots" / COMMIT, REPO_ID, evaluation=evaluation_json)
+    folder = build_release_folder(
+        source, repo / "snapshots" / COMMIT, REPO_ID, evaluation=evaluation_json, license="mit"
+    )
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(COMMIT)
     return cache, folder
@@ -229,6 +232,8 @@ def test_upload_goes_through_create_repo_and_one_commit(trained_folder, evaluati
                 "--private",
                 "--commit-message",
                 "v1",
+                "--license",
+                "mit",
             ]
         )
     assert code == 0, capsys.readouterr().err
@@ -249,13 +254,13 @@ def test_dry_run_writes_the_folder_only(trained_folder, tmp_path, capsys):
     out = tmp_path / "release"
     xet, create_repo, create_commit, validate_yaml = _mock_hub()
     with xet, create_repo as repo_mock, create_commit as commit_mock, validate_yaml:
-        assert main([str(source), "--repo-id", REPO_ID, "--dry-run", "--output", str(out)]) == 0
+        assert main([str(source), "--repo-id", REPO_ID, "--license", "mit", "--dry-run", "--output", str(out)]) == 0
         assert (
-            main([str(source), "--repo-id", REPO_ID, "--dry-run", "--output", str(out)]) == 1
+            main([str(source), "--repo-id", REPO_ID, "--license", "mit", "--dry-run", "--output", str(out)]) == 1
         )  # no overwrite
         assert "--overwrite" in capsys.readouterr().err
         assert (
-            main([str(source), "--repo-id", REPO_ID, "--dry-run", "--output", str(out), "--overwrite"]) == 0
+            main([str(source), "--repo-id", REPO_ID, "--license", "mit", "--dry-run", "--output", str(out), "--overwrite"]) == 0
         )
     repo_mock.assert_not_called()
     commit_mock.assert_not_called()
@@ -271,18 +276,22 @@ def test_release_errors_leave_nothing(trained_folder, tmp_path):
     bad = tmp_path / "eval.json"
     bad.write_text("{not json")
     with pytest.raises(ReleaseError, match="not valid JSON"):
-        build_release_folder(source, tmp_path / "b", REPO_ID, evaluation=bad)
+        build_release_folder(source, tmp_path / "b", REPO_ID, evaluation=bad, license="mit")
     keep = tmp_path / "keep"
     keep.mkdir()
     (keep / "mine.txt").write_text("x")
     with pytest.raises(ReleaseError, match="overwrite"):
-        build_release_folder(source, keep, REPO_ID)
+        build_release_folder(source, keep, REPO_ID, license="mit")
     assert [p.name for p in keep.iterdir()] == ["mine.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "keep"]
 
 
 def test_release_from_tensorflow_checkpoint(reference_dir, tmp_path):
-    out = build_release_folder(reference_dir / "astromer1_macho_a0", tmp_path / "a1", "astromer/astromer-1")
+    with pytest.raises(ReleaseError, match="licence is unknown"):  # a raw checkpoint records no licence
+        build_release_folder(reference_dir / "astromer1_macho_a0", tmp_path / "a0", "astromer/astromer-1")
+    out = build_release_folder(
+        reference_dir / "astromer1_macho_a0", tmp_path / "a1", "astromer/astromer-1", license="mit"
+    )
     assert {p.name for p in out.iterdir()} == RELEASE_FILES | {"LICENSE"}
     config = json.loads((out / "config.json").read_text())
     assert config["num_hidden_layers"] == 2 and config["attention_bias_mode"] == "a1_query_key_bias"
@@ -302,3 +311,46 @@ def test_evaluation_table_formats(tmp_path):
     assert evaluation_table(markdown) == "| x |\n|---|\n| 1 |"
     with pytest.raises(ValueError, match="unsupported evaluation JSON"):
         evaluation_table({"a": [1, 2]})
+
+
+def test_model_card_of_the_bundled_weights_carries_their_provenance(tmp_path):
+    """The card keeps where the bundled Astromer 1 weights came from, and its notes are Astromer 1's."""
+    out = build_release_folder(bundled_model_path("astromer1-macho"), tmp_path / "a1", "astromer/astromer-1")
+    card = ModelCard.load(out / "README.md")
+    assert card.data.to_dict()["license"] == "mit"
+    text = card.text
+    for fact in (
+        "https://github.com/astromer-science/weights",
+        "649eda472b94aa69b1d9b2ea771a5da71bcd335c",
+        "76a204a37a0d47bfd722477f55231624c0c56cf9eea3369b5f22ff445d95158b",
+        "MACHO LMC R-band",
+        "`weights.index` 09c628f4",
+    ):
+        assert fact in text, fact
+    assert "always runs on windows padded to 200" in text and "applies no MASK token" not in text
+    assert "A54" in text and (out / "LICENSE").is_file()
+
+
+def test_model_card_licence_base_model_and_datasets(trained_folder, tmp_path):
+    source, _ = trained_folder
+    with pytest.raises(ReleaseError, match="licence is unknown"):
+        build_release_folder(source, tmp_path / "none", REPO_ID)
+    assert not (tmp_path / "none").exists()
+    out = build_release_folder(
+        source, tmp_path / "ok", REPO_ID, license="apache-2.0", base_model="astromer/astromer-2",
+        datasets=["astromer/alcock"],
+    )
+    data = ModelCard.load(out / "README.md").data.to_dict()
+    assert data["license"] == "apache-2.0" and data["base_model"] == "astromer/astromer-2"
+    assert data["datasets"] == ["astromer/alcock"]
+    assert "applies no MASK token" in ModelCard.load(out / "README.md").text  # Astromer 2 notes
+
+
+@pytest.mark.parametrize("repo_id", ["astromer/astromer 2", 'a/b")\nimport os', "owner/na--me"])
+def test_repo_id_is_validated(trained_folder, tmp_path, capsys, repo_id):
+    source, _ = trained_folder
+    with pytest.raises(ReleaseError, match="is not a Hub repository id"):
+        build_release_folder(source, tmp_path / "x", repo_id, license="mit")
+    assert main([str(source), "--repo-id", repo_id, "--license", "mit", "--dry-run", "--output", str(tmp_path / "y")]) == 1
+    assert "is not a Hub repository id" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
