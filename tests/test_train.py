@@ -318,3 +318,18 @@ def test_callbacks_see_every_step_and_precision_stays_per_process(tmp_path):
     with pytest.raises(UsageError, match="already trains with mixed precision 'no'"):
         run_pretraining(PretrainingConfig(**common, max_steps=1, mixed_precision="bf16", output_dir=tmp_path / "b"))
     assert not (tmp_path / "b").exists()
+
+
+def test_validation_at_the_end_of_an_epoch_sees_every_window(tmp_path):
+    """Validation that runs on the last batch of a training epoch covers all validation windows (gathering after
+    the validation loop used to apply the training loader's remainder and drop some of them)."""
+    from astromer_train import PretrainingConfig, run_pretraining
+    from astromer_train.tracking import read_jsonl
+
+    out = tmp_path / "run"
+    # 43 training curves in batches of 8: the epoch ends at step 6 with a last batch of 3
+    run_pretraining(PretrainingConfig(synthetic=48, **TINY_FIELDS, batch_size=8, max_steps=6, eval_every=3,
+                                      report_to="jsonl", quiet=True, output_dir=out))
+    n_validation = json.loads((out / "training_summary.json").read_text())["arguments"]["n_validation_curves"]
+    seen = {r["step"]: r["val/n_windows"] for r in read_jsonl(out / "logs" / "pretrain.jsonl") if "val/n_windows" in r}
+    assert seen == {3: n_validation, 6: n_validation} and n_validation == 5

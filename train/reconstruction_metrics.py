@@ -16,6 +16,10 @@ def evaluate_reconstruction(model, dataloader, accelerator: Accelerator, use_wei
     ``rmse``, the unweighted RMSE over all probed points (``rmse_unweighted``), R² of the probed magnitudes around
     their window means (``r2``) and the number of windows (``n_windows``). ``m`` is the loss mask, ``w`` the loss
     weights (ones with ``use_weights=False``) and ``e`` the reconstruction error.
+
+    Each batch is gathered while ``dataloader`` is the one being iterated: ``gather_for_metrics`` drops the samples
+    that even batches repeat at the end of *the current* loader, so gathering after the loop would apply the training
+    loader's remainder instead (when validation runs at the end of a training epoch) and drop real windows.
     """
     model.eval()
     rows = []
@@ -29,8 +33,10 @@ def evaluate_reconstruction(model, dataloader, accelerator: Accelerator, use_wei
         squared = (labels - recon).pow(2) * mask
         sums = [squared * weights, mask, squared, labels * mask, labels.pow(2) * mask]
         stats = torch.stack([per_window_sum(x, cu_seqlens) for x in sums], -1)
-        rows.append(stats if cu_seqlens is None else stats[batch["sequence_index"] >= 0])
-    stats = accelerator.gather_for_metrics(torch.cat(rows)).double()
+        if cu_seqlens is not None:
+            stats = stats[batch["sequence_index"] >= 0]
+        rows.append(accelerator.gather_for_metrics(stats))
+    stats = torch.cat(rows).double()
     model.train()
     weighted, count, squared, label_sum, label_sq = stats.unbind(-1)
     per_window = torch.where(count > 0, weighted / count.clamp_min(1), 0.0)
