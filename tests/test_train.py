@@ -120,6 +120,18 @@ def test_trainer_finetuning_beats_chance(tmp_path, pretrained):
     assert clf.config.num_labels == 6 and clf.config.freeze_encoder
 
 
+def test_bf16_finetuning_runs_both_stages_in_one_process(tmp_path, pretrained, env):
+    """Continued pretraining and the Trainer stage share the process and its bf16 setting, on a CPU too."""
+    out = tmp_path / "bf16"
+    _run([sys.executable, "train/finetune.py", "--model", str(pretrained), "--synthetic", "120", "--class-proportions",
+          "uniform", "--spc", "5", "--test-per-class", "5", "--ssl-max-steps", "2", "--ssl-batch-size", "16",
+          "--epochs", "1", "--batch-size", "16", "--mixed-precision", "bf16", "--quiet", "--output-dir", str(out)], env)
+    ssl = json.loads((out / "ssl_model" / "training_summary.json").read_text())
+    assert ssl["global_step"] == 2 and ssl["arguments"]["mixed_precision_effective"] == "bf16"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["classifier"]["global_step"] > 0 and 0.0 <= metrics["test"]["window"]["f1_macro"] <= 1.0
+
+
 def test_evaluation_table_shape_and_range(tmp_path, pretrained):
     from astromer_train.evaluate_fewshot import main
 

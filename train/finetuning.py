@@ -28,6 +28,7 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
+from accelerate import PartialState
 from sklearn.metrics import accuracy_score, classification_report, f1_score
 from transformers import EarlyStoppingCallback, EvalPrediction, Trainer, TrainingArguments
 from transformers.utils import logging as hf_logging
@@ -156,7 +157,8 @@ def continued_pretraining_config(options: FinetuningOptions, curves: Pretraining
 
 def training_arguments(options: FinetuningOptions, output_dir: Path) -> TrainingArguments:
     """The classifier's ``Trainer`` settings: the official classifier's Adam (Keras defaults), a constant learning
-    rate, evaluation every epoch and the final-epoch weights."""
+    rate, evaluation every epoch and the final-epoch weights, on the device of the continued pretraining
+    (``TrainingArguments`` refuses bf16 without a GPU unless told that the run is on the CPU)."""
     precision: dict[str, Any] = {}
     if options.mixed_precision == "bf16":
         precision["bf16"] = True
@@ -187,6 +189,7 @@ def training_arguments(options: FinetuningOptions, output_dir: Path) -> Training
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=options.quiet,
         label_names=["labels"],
+        use_cpu=PartialState().device.type == "cpu",
         **precision,
     )
 
