@@ -164,6 +164,9 @@ class PretrainingConfig:
             raise UsageError("give a data source: --dataset PATH_OR_NAME or --synthetic N")
         if len(given) > 1:
             raise UsageError(f"give one data source, not {' and '.join(given)}")
+        if self.curves is not None and not isinstance(self.curves, PretrainingData):
+            raise UsageError(f"curves must be a PretrainingData (cleaned training and validation curves), got "
+                             f"{type(self.curves).__name__}")
         if self.dataset is not None and not Path(self.dataset).exists() and os.sep in self.dataset:
             raise UsageError(f"--dataset {self.dataset}: no such file or folder")
 
@@ -187,14 +190,13 @@ class PretrainingConfig:
                              f"sequences; with --packing use {' or '.join(packed)} (or leave the automatic default)")
 
     def _check_output(self) -> None:
-        if self.resume is None:
-            return
-        if self.overwrite:
-            raise UsageError("--resume and --overwrite exclude each other")
-        if self.resume != "latest" and not Path(self.resume).is_dir():
-            raise UsageError(f"--resume {self.resume}: no such checkpoint folder")
-        if not Path(self.output_dir).is_dir():
-            raise UsageError(f"--resume: output folder {self.output_dir} does not exist (nothing to resume)")
+        if self.resume is not None:
+            if self.overwrite:
+                raise UsageError("--resume and --overwrite exclude each other")
+            if self.resume != "latest" and not Path(self.resume).is_dir():
+                raise UsageError(f"--resume {self.resume}: no such checkpoint folder")
+            if not Path(self.output_dir).is_dir():
+                raise UsageError(f"--resume: output folder {self.output_dir} does not exist (nothing to resume)")
         if self.eval_every is not None and self.save_every is not None and self.save_every % self.eval_every:
             logger.info("--save-every is not a multiple of --eval-every: a resume may re-run an evaluation")
 
