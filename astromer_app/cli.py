@@ -25,7 +25,7 @@ from pathlib import Path
 from transformers import AutoFeatureExtractor
 
 from astromer_kernels.allocator import keep_freed_memory
-from astromer_train import evaluate as evaluate_script
+from astromer_train import evaluate_fewshot as evaluate_script
 from astromer_train import finetune as finetune_script
 from astromer_train import pretrain as pretrain_script
 from astromer_train.cli_utils import open_fraction, positive_int

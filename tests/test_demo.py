@@ -12,9 +12,6 @@ from astromer_app import demo
 from astromer_app.cli import main as cli_main
 from modeling_astromer.pipeline import load_pipeline
 
-pytest.importorskip("astromer_train.pretrain")
-pytest.importorskip("astromer_train.evaluate")
-
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):

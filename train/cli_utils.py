@@ -1,52 +1,87 @@
-"""Argument types, output-folder guards and atomic writes shared by the training entry points."""
+"""Value rules, output-folder guards and process set-up shared by the training entry points.
+
+A :class:`ValueRule` is both the ``type`` of a command-line flag (it parses text) and the check of the matching
+configuration field (it validates a Python value), so a flag and a field accept exactly the same values.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import shutil
 import sys
-import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from astromer_kernels.allocator import keep_freed_memory
 from modeling_astromer.errors import InputError
 
 
 class UsageError(InputError):
-    """Invalid command-line arguments; entry points print the message and return exit status 2."""
+    """Invalid arguments or configuration; entry points print the message and return exit status 2."""
 
 
-def _number_type(convert, accept, expected: str):
-    """An argparse ``type`` that converts with ``convert`` and keeps only values for which ``accept`` is true."""
+def flag(field_name: str) -> str:
+    """The command-line flag of a configuration field: ``batch_size`` -> ``--batch-size``."""
+    return "--" + field_name.replace("_", "-")
 
-    def parse(text: str):
+
+@dataclass(frozen=True)
+class ValueRule:
+    """The values one number may take.
+
+    Calling the rule parses a command-line string (an argparse ``type``); :meth:`check` validates a configuration
+    field's value. ``expected`` describes the accepted values in messages ("a positive integer").
+    """
+
+    kind: type
+    accept: Callable[[Any], bool]
+    expected: str
+
+    def __call__(self, text: str) -> Any:
         try:
-            value = convert(text)
+            value = self.kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if not accept(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+            raise argparse.ArgumentTypeError(f"expected {self.expected}, got {text!r}") from None
+        if not self.accept(value):
+            raise argparse.ArgumentTypeError(f"expected {self.expected}, got {text}")
         return value
 
-    parse.__name__ = expected  # argparse names the type in its messages
-    return parse
+    def check(self, field_name: str, value: Any) -> None:
+        """Raise ``UsageError`` naming the field's flag unless ``value`` is accepted."""
+        kinds = (int, float) if self.kind is float else (int,)
+        if isinstance(value, bool) or not isinstance(value, kinds) or not self.accept(value):
+            raise UsageError(f"{flag(field_name)}: expected {self.expected}, got {value!r}")
 
 
-positive_int = _number_type(int, lambda v: v >= 1, "a positive integer")
-non_negative_int = _number_type(int, lambda v: v >= 0, "an integer >= 0")
-positive_float = _number_type(float, lambda v: 0 < v < float("inf"), "a positive finite number")
-fraction = _number_type(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
-open_fraction = _number_type(float, lambda v: 0.0 < v < 1.0, "a number strictly between 0 and 1")
+positive_int = ValueRule(int, lambda v: v >= 1, "a positive integer")
+non_negative_int = ValueRule(int, lambda v: v >= 0, "an integer >= 0")
+any_int = ValueRule(int, lambda v: True, "an integer")
+positive_float = ValueRule(float, lambda v: 0 < v < float("inf"), "a positive finite number")
+finite_float = ValueRule(float, lambda v: abs(v) < float("inf"), "a finite number")
+fraction = ValueRule(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+open_fraction = ValueRule(float, lambda v: 0.0 < v < 1.0, "a number strictly between 0 and 1")
+
+
+def check_fields(config: Any, rules: dict[str, ValueRule], choices: dict[str, tuple]) -> None:
+    """Check the fields of a configuration dataclass: numbers against ``rules`` (``None`` passes: it means
+    "default"), strings against ``choices``."""
+    for name, rule in rules.items():
+        value = getattr(config, name)
+        if value is not None:
+            rule.check(name, value)
+    for name, allowed in choices.items():
+        value = getattr(config, name)
+        if value not in allowed:
+            shown = ", ".join(str(a) for a in allowed if a is not None)
+            raise UsageError(f"{flag(name)}: expected one of {shown}, got {value!r}")
 
 
 def configure_process() -> None:
     """For a training entry point: warnings from libraries, progress messages from the training tools, and a CPU
     allocator that keeps freed activations for the next step (:mod:`astromer_kernels.allocator`)."""
-    from astromer_kernels.allocator import keep_freed_memory
-
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logger = logging.getLogger("astromer_train")
     logger.setLevel(logging.INFO)
@@ -83,48 +118,20 @@ def clear_output_dir(out: Path) -> None:
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to a temporary sibling and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: str | Path, payload: Any) -> None:
-    """Write JSON to a temporary sibling and rename it into place."""
-    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def reset_accelerate_state() -> None:
-    """Forget the process-wide Accelerate state so that a new ``Accelerator`` (or ``Trainer``) can be created in the
-    same process with other settings (e.g. another mixed precision); a live process group is kept."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
-    if not PartialState().use_distributed:
-        PartialState._reset_state()
-
-
 __all__ = [
     "UsageError",
+    "ValueRule",
+    "any_int",
+    "check_fields",
     "clear_output_dir",
     "configure_process",
+    "finite_float",
+    "flag",
     "fraction",
     "non_negative_int",
     "open_fraction",
     "positive_float",
     "positive_int",
     "prepare_output_dir",
-    "reset_accelerate_state",
     "usage_error",
-    "write_json_atomic",
-    "write_text_atomic",
 ]

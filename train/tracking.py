@@ -9,6 +9,7 @@ resumed run continues the same file.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import time
@@ -72,6 +73,17 @@ class JSONLTracker(GeneralTracker):
         self._write({"event": "log", "time": time.time(), "step": step, **values})
 
 
+def build_trackers(report_to: str, run_name: str, logging_dir: str | Path) -> list[GeneralTracker | str]:
+    """The ``log_with`` list of an ``Accelerator`` for ``report_to``: ``"jsonl"``, ``"tensorboard"``, ``"all"``,
+    ``"none"``, or ``"auto"`` (JSONL, plus TensorBoard when it is installed)."""
+    trackers: list[GeneralTracker | str] = []
+    if report_to in ("auto", "jsonl", "all"):
+        trackers.append(JSONLTracker(run_name, logging_dir))
+    if report_to in ("tensorboard", "all") or (report_to == "auto" and importlib.util.find_spec("tensorboard")):
+        trackers.append("tensorboard")
+    return trackers
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """All records of a JSONL log (a truncated last line from a killed run is skipped)."""
     records = []
@@ -83,4 +95,4 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-__all__ = ["JSONLTracker", "read_jsonl"]
+__all__ = ["JSONLTracker", "build_trackers", "read_jsonl"]

@@ -34,6 +34,11 @@ from pathlib import Path
 
 import torch
 
+from astromer_kernels.allocator import keep_freed_memory
+from astromer_kernels.cpu_linear import use_onednn_linears
+from modeling_astromer import AstromerConfig, AstromerForMaskedReconstruction, AstromerMaskingCollator
+from modeling_astromer.packing import AstromerPackingCollator
+
 TF_TRAIN, TF_INFER = 27.9, 81.7
 
 
@@ -105,8 +110,6 @@ def matmul_rate(dtype: torch.dtype, tokens: int = 51200, repeats: int = 5, devic
 
 
 def _batch(batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    from modeling_astromer import AstromerMaskingCollator
-
     g = torch.Generator().manual_seed(seed)
     windows = []
     for _ in range(batch_size):
@@ -121,8 +124,6 @@ class _Runner:
     """One model (attention implementation × precision) with its batch and optimizer, timed step by step."""
 
     def __init__(self, config, implementation: str, precision: str, batch: dict, device: torch.device):
-        from modeling_astromer import AstromerForMaskedReconstruction
-
         torch.manual_seed(0)
         self.device, self.windows = device, batch["magnitudes"].shape[0]
         # each model needs its own config: set_attn_implementation writes the implementation into it
@@ -130,15 +131,11 @@ class _Runner:
         inputs = dict(batch)
         attention, _, linears = implementation.partition("+")
         if linears == "onednn":
-            from astromer_kernels.cpu_linear import use_onednn_linears
-
             if not use_onednn_linears(self.model):
                 raise RuntimeError("this PyTorch build has no oneDNN linear operator")
         elif linears:
             raise ValueError(f"unknown linear layers {linears!r} (only +onednn)")
         if attention == "packed":
-            from modeling_astromer.packing import AstromerPackingCollator
-
             self.model.set_attn_implementation("astromer_varlen")
             inputs = AstromerPackingCollator(max_seqlen=200)(dict(batch))
             inputs.pop("sequence_index")
@@ -225,12 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc malloc at its defaults (freed activations go back to the kernel)")
     args = parser.parse_args(argv)
-    from astromer_kernels.allocator import keep_freed_memory
-
     allocator = "allocator unchanged (--default-allocator)" if args.default_allocator else keep_freed_memory()
     torch.set_num_threads(args.threads)
-    from modeling_astromer import AstromerConfig
-
     config = AstromerConfig.astromer2(hidden_dropout_prob=0.0)
     batch = _batch(args.batch_size)
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -238,9 +231,6 @@ def main(argv: list[str] | None = None) -> int:
     backward_rates = {name: matmul_rate(dtype, args.matmul_tokens, device=args.device, backward=True)
                       for name, dtype in dtypes.items()}
     print(f"# matmul GFLOP/s: {rates}", flush=True)
-    from astromer_kernels.hf_attention import register_astromer_varlen
-
-    register_astromer_varlen()  # astromer_varlen and astromer_blocked
     device = torch.device(args.device)
     runners, results = {}, {}
     for implementation in args.implementations:
@@ -281,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
               "bf16 max|Δ| recon / |Δ| loss |")
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
     lines = [f"torch {torch.__version__}, {where}, batch {args.batch_size}×200, Astromer 2 "
-             f"({sum(p.numel() for p in __import__('modeling_astromer').AstromerForMaskedReconstruction(config).parameters()):,} params)",
+             f"({sum(p.numel() for p in AstromerForMaskedReconstruction(config).parameters()):,} params)",
              "matmul rate (same run, model GEMM mix; mean of before / after the models): "
              + ", ".join(f"{p} {rates[p]:.1f} GFLOP/s ({rates_before[p]:.1f} / {rates_after[p]:.1f})"
                          for p in ("fp32", "bf16")),
