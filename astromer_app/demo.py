@@ -26,9 +26,7 @@ import contextlib
 import io
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,7 +44,7 @@ from transformers import AutoFeatureExtractor
 from transformers.utils import logging as hf_logging
 
 from astromer_train import EvaluationConfig, PretrainingConfig, run_evaluation, run_pretraining
-from hub_datasets.atomic import publish_folder
+from hub_datasets.atomic import staging_folder
 from hub_datasets.folds import make_fewshot_splits
 from hub_datasets.samples import SampleDataMissing, load_macho_sample
 from hub_datasets.synthetic import SURVEY_CLASSES, generate_survey
@@ -476,17 +474,12 @@ def run_demo(
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())) and not overwrite:
         raise DemoError(f"{destination} exists and is not empty; pass --overwrite to replace it")
     settings = QUICK if quick else FULL
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp creates 0700
-    run = _Run(staging=staging, settings=settings, progress=progress)
     start = time.perf_counter()
     hf_logging.set_verbosity_error()  # weight-loading reports (new classifier heads etc.) are expected here
     hf_logging.disable_progress_bar()
     datasets.disable_progress_bars()
-    try:
+    with staging_folder(destination) as staging:
+        run = _Run(staging=staging, settings=settings, progress=progress)
         torch.manual_seed(settings.seed)
         survey = run.step("build the sample survey", lambda: _build_survey(run))
         splits_dir = run.step("few-shot split", lambda: _fewshot_splits(run, survey))
@@ -505,9 +498,7 @@ def run_demo(
                 lambda: _embed(run, records, str(bundled), "embeddings_astromer1_macho.parquet"),
             )
         else:
-            run.notes.append(
-                "The bundled astromer1-macho weights are not installed; only the demo model was used."
-            )
+            run.notes.append("The bundled astromer1-macho weights are not installed; only the demo model was used.")
         run.facts["linear_probe"] = {
             name: run.step(
                 f"linear probe ({name})",
@@ -518,23 +509,8 @@ def run_demo(
         figures = run.step("plots", lambda: _plots(run, records, model_dir, maps))
         total = time.perf_counter() - start
         _write_report(run, figures, quick, total)
-        (staging / "demo_summary.json").write_text(
-            json.dumps(
-                {
-                    "settings": asdict(settings),
-                    "timings": run.timings,
-                    "total_seconds": total,
-                    "facts": run.facts,
-                },
-                indent=2,
-                default=str,
-            )
-            + "\n"
-        )
-        publish_folder(staging, destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        summary = {"settings": asdict(settings), "timings": run.timings, "total_seconds": total, "facts": run.facts}
+        (staging / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     if progress:
         print(f"[demo] done in {total:.1f} s: {destination / 'report.md'}", file=sys.stderr)
     return destination / "report.md"

@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from transformers import PreTrainedModel
 
 import modeling_astromer
-from hub_datasets.atomic import publish_folder
+from hub_datasets.atomic import staging_folder
 from modeling_astromer import AstromerFeatureExtractor
 
 PACKAGE_DIR = Path(modeling_astromer.__file__).resolve().parent
@@ -70,9 +69,7 @@ def write_hub_folder(
     destination = Path(folder)
     if destination.exists() and any(destination.iterdir()) and not overwrite:
         raise FileExistsError(f"{destination} exists and is not empty; pass overwrite=True to replace it")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
-    try:
+    with staging_folder(destination) as staging:
         model.save_pretrained(staging)
         if feature_extractor is None:
             feature_extractor = AstromerFeatureExtractor(window_size=model.config.window_size)
@@ -83,8 +80,4 @@ def write_hub_folder(
             shutil.copyfile(source, staging / name)
         _update_json(staging / "config.json", {"auto_map": dict(MODEL_AUTO_MAP), **(config_updates or {})})
         _update_json(staging / "preprocessor_config.json", {"auto_map": dict(FEATURE_EXTRACTOR_AUTO_MAP)})
-        publish_folder(staging, destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return destination

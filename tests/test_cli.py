@@ -1,6 +1,5 @@
 """The ``astromer`` command line end to end on small data, and its error handling."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from astromer_app.cli import main
+from astromer_app.cli import PASS_THROUGH_COMMANDS, main
 from modeling_astromer import InputError, bundled_models, resolve_model
 from modeling_astromer.bundled import DEFAULT_MODEL
 from modeling_astromer.pipeline import load_pipeline
@@ -197,17 +196,15 @@ def test_help_everywhere(capsys):
         assert exit_info.value.code == 0
         out = capsys.readouterr().out
         assert out.startswith("usage:") and ("astromer " + " ".join(command)).strip() in out
-    for command in ("pretrain", "finetune", "evaluate"):
-        if importlib.util.find_spec(f"astromer_train.{command}") is None:
-            continue
+    for command in PASS_THROUGH_COMMANDS:
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0
-        assert "usage:" in capsys.readouterr().out
+        assert f"usage: astromer {command}" in capsys.readouterr().out, command
 
 
 def test_console_entry_point_runs_as_module():
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = dict(os.environ)
     result = subprocess.run(  # noqa: PLW1510 (the return code is asserted)
         [sys.executable, "-m", "astromer_app", "--help"],
         capture_output=True,
