@@ -8,8 +8,9 @@ Everything the training scripts feed to a model goes through here:
    finite values, sorted times, at least ``min_observations`` points; shorter curves are dropped and counted) and
    keeps the curves as flat float64 arrays.
 3. :class:`WindowDataset` cuts 200-observation windows, centred in float64 per window, with the feature
-   extractor's own functions (``window_starts``, ``window_rows``, ``centre_windows``): ``"random"`` (one window per curve per epoch, pretraining) or ``"sequential"``
-   (every official window; fine-tuning, classification, evaluation). Items are addressed by an integer *key*
+   extractor's own functions (``window_starts``, ``window_rows``, ``centre_windows``): ``"random"`` (one window
+   per curve per epoch, pretraining) or ``"sequential"`` (every official window; fine-tuning, classification,
+   evaluation). Items are addressed by an integer *key*
    ``epoch * len(dataset) + index`` so that the window drawn for a curve depends only on ``(seed, epoch, index)``:
    the same in every process layout, with any number of workers, and after a resume.
 4. :class:`EpochShuffleSampler` yields those keys in a permutation seeded by ``(seed, epoch)``.
