@@ -413,12 +413,15 @@ def centre_windows(values: Any, lengths: Any, dtype: Any = np.float32) -> tuple[
         raise ValueError("cannot centre an empty window")
     if int(lengths.sum()) != values.shape[0]:
         raise ValueError(f"{values.shape[0]} values for windows of {int(lengths.sum())} observations in all")
-    first = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    means = np.empty(lengths.size, dtype=np.float64)
-    for n in np.unique(lengths):  # windows of one length as rows of a 2-D block: one vectorised sum per length
-        which = np.flatnonzero(lengths == n)
-        block = values[first[which, None] + np.arange(n)]
-        means[which] = block.sum(axis=1) / n
+    # the windows of one length are the rows of a 2-D block: one vectorised sum per distinct length
+    if lengths.size and lengths.min() == lengths.max():
+        means = values.reshape(lengths.size, -1).sum(axis=1) / lengths[0]
+    else:
+        first = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        means = np.empty(lengths.size, dtype=np.float64)
+        for n in np.unique(lengths):
+            which = np.flatnonzero(lengths == n)
+            means[which] = values[first[which, None] + np.arange(n)].sum(axis=1) / n
     centred = (values - np.repeat(means, lengths)).astype(dtype)
     return centred, means
 
