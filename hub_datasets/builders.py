@@ -7,7 +7,7 @@ Usage::
     builder = AlcockBuilder(data_dir="file:///data/alcock", cache_dir="/tmp/cache")   # layout auto-detected
     builder.download_and_prepare()
     train = builder.as_dataset("train")
-    print(builder.cleaning_reports["train"].summary())
+    print(builder.cleaning_counts["train"].summary())
 
 Splits: the raw and parquet layouts give one ``train`` split holding the whole catalogue (make the few-shot folds
 with :func:`hub_datasets.folds.make_fewshot_splits`); the parquet layout with ``fold=k`` and the tfrecord layout
@@ -16,7 +16,7 @@ with ``train``/``validation``/``val``/``test`` folders give those splits. Featur
 Labels (``ClassLabel``, published names, alphabetical codes):
 
 * Alcock: ``Cep_0, Cep_1, EC, LPV, RRab, RRc``; ``LPV WoodA``–``WoodD`` merge into ``LPV``; ``UNK``, ``std`` and
-  ``Dubious`` are removed and counted in ``cleaning_reports[split].curves_removed_by_class``.
+  ``Dubious`` are removed and counted in ``cleaning_counts[split].curves_removed_by_class``.
 * ATLAS: ``CB, DB, Mira, Other, Pulse``; Heinze classes are merged with the *inferred* map
   :data:`hub_datasets.schema.HEINZE_TO_ATLAS`; ``Dubious`` is removed.
 * MACHO (pretraining, unlabelled): ``label = -1`` unless the source has a ``Class``, which then uses the Alcock names.
@@ -25,7 +25,7 @@ Config options (all part of the cache fingerprint): ``layout`` (``auto|raw|parqu
 ``subset_<k>`` → splits), the cleaning options of :class:`hub_datasets.cleaning.CleaningOptions` (``clean``,
 ``err_min``, ``err_max``, ``min_observations``, ``sort_times``, ``clip_quantiles``), ``default_band``, and
 ``on_error``: ``"raise"`` (default) stops at the first bad file/row/label with a message naming it; ``"skip"`` skips
-that whole curve, records ``(origin, reason)`` in the report and logs the count.
+that whole curve, records ``(origin, reason)`` in ``cleaning_counts[split].skipped`` and logs the count.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pathlib import Path
 import datasets
 from datasets.exceptions import DatasetGenerationError
 
-from hub_datasets.cleaning import BadLightCurveError, CleaningOptions, CleaningReport, clean_light_curve
+from hub_datasets.cleaning import CleaningOptions, SurveyCleaningCounts, clean_light_curve
 from hub_datasets.raw_layouts import LayoutError, RawLightCurve, detect_layout, iter_layout, split_of_path
 from hub_datasets.schema import (
     ALCOCK_CLASSES,
@@ -48,6 +48,7 @@ from hub_datasets.schema import (
     normalise_alcock_class,
     normalise_atlas_class,
 )
+from modeling_astromer.errors import LightCurveValidationError
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +97,8 @@ class _SurveyBuilder(datasets.GeneratorBasedBuilder):
         super().__init__(*args, **kwargs)
         if self.config.on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {self.config.on_error!r}")
-        #: Per-split :class:`CleaningReport`, filled while ``download_and_prepare`` runs.
-        self.cleaning_reports: dict[str, CleaningReport] = {}
+        #: Per-split :class:`SurveyCleaningCounts`, filled while ``download_and_prepare`` runs.
+        self.cleaning_counts: dict[str, SurveyCleaningCounts] = {}
 
     def download_and_prepare(self, *args, **kwargs) -> None:
         """As ``datasets``, but a bad file/row/label surfaces as its own error (naming file and row) instead of
@@ -106,7 +107,7 @@ class _SurveyBuilder(datasets.GeneratorBasedBuilder):
             super().download_and_prepare(*args, **kwargs)
         except DatasetGenerationError as exc:
             cause = exc.__cause__
-            if isinstance(cause, (LayoutError, BadLightCurveError, UnknownLabelError, FileNotFoundError)):
+            if isinstance(cause, (LayoutError, LightCurveValidationError, UnknownLabelError, FileNotFoundError)):
                 raise cause from None
             raise
 
@@ -159,31 +160,31 @@ class _SurveyBuilder(datasets.GeneratorBasedBuilder):
 
     def _generate_examples(self, root: str, layout: str, split: str) -> Iterator[tuple[int, dict]]:
         options = self.config.cleaning_options()
-        report = self.cleaning_reports.setdefault(split, CleaningReport())
+        counts = self.cleaning_counts.setdefault(split, SurveyCleaningCounts())
         key = 0
         for curve in iter_layout(root, layout=layout, fold=self.config.fold):
             if curve.split != split:
                 continue
-            report.curves_read += 1
+            counts.curves_read += 1
             try:
                 if curve.error is not None:
                     raise LayoutError(curve.error)
                 label, keep = self._label_of(curve)
                 if not keep:
-                    report.curves_removed_by_class[curve.raw_class] += 1
+                    counts.curves_removed_by_class[curve.raw_class] += 1
                     continue
                 if curve.raw_class is not None and curve.raw_class not in self.CLASS_NAMES:
-                    report.curves_relabelled[curve.raw_class] += 1
-                cleaned = clean_light_curve(curve, options, report)
-            except (UnknownLabelError, BadLightCurveError, LayoutError) as exc:
+                    counts.curves_relabelled[curve.raw_class] += 1
+                cleaned = clean_light_curve(curve, options, counts)
+            except (UnknownLabelError, LightCurveValidationError, LayoutError) as exc:
                 if self.config.on_error == "raise":
                     raise
-                report.skipped.append((curve.origin, str(exc)))
+                counts.skipped.append((curve.origin, str(exc)))
                 continue
             if cleaned is None:
                 continue
             time, mag, err = cleaned
-            report.curves_kept += 1
+            counts.curves_kept += 1
             yield (
                 key,
                 {
@@ -196,7 +197,7 @@ class _SurveyBuilder(datasets.GeneratorBasedBuilder):
                 },
             )
             key += 1
-        logger.warning("%s %s split: %s", type(self).__name__, split, report.summary())
+        logger.warning("%s %s split: %s", type(self).__name__, split, counts.summary())
 
 
 class AlcockBuilder(_SurveyBuilder):

@@ -1,12 +1,13 @@
-"""The official light-curve cleaning (astromer_spec §2.1, data.md §1) as explicit options, with a count of every
-row and curve it removes.
+"""Survey-level cleaning of stored light curves: the model's official cleaning plus the survey-only options, with
+a count of every row and curve removed.
 
-With ``clean=True`` (the default, as upstream): rows with a NaN/inf in time, mag or err are dropped ("drop nulls"),
-rows outside ``err_min < err < err_max`` (default ``0 < err < 1``, which also removes the 9.999/99.999 sentinels)
-are dropped, times are sorted (stable), and curves with fewer than ``min_observations`` (5) rows are dropped;
-optionally magnitudes outside the per-curve ``clip_quantiles`` (MACHO pretraining used 1–99 %) are dropped.
-With ``clean=False`` nothing is repaired: a NaN, an unsorted time axis or an empty curve raises
-:class:`BadLightCurveError` naming the file and row.
+The cleaning itself is :func:`modeling_astromer.feature_extraction_astromer.clean_light_curves`, the one
+implementation the model and the training data use too. With ``clean=True`` (the default, as upstream) it drops
+rows with a NaN/inf in time, mag or err and rows outside ``err_min < err < err_max`` (default ``0 < err < 1``, which
+also removes the 9.999/99.999 sentinels), and sorts the times (stable). On top of it, this module optionally drops
+magnitudes outside the per-curve ``clip_quantiles`` (MACHO pretraining used 1–99 %), then drops curves with fewer
+than ``min_observations`` (5) rows. With ``clean=False`` nothing is repaired: a NaN, an unsorted time axis or an
+empty curve raises :class:`~modeling_astromer.errors.LightCurveValidationError` naming the file and row.
 """
 
 from __future__ import annotations
@@ -17,10 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hub_datasets.raw_layouts import RawLightCurve
-
-
-class BadLightCurveError(ValueError):
-    """A light curve that cannot be stored as is (NaN, empty, unsorted, length mismatch); names file and row."""
+from modeling_astromer.errors import LightCurveValidationError
+from modeling_astromer.feature_extraction_astromer import CleaningReport, clean_light_curves
 
 
 @dataclass(frozen=True)
@@ -36,8 +35,9 @@ class CleaningOptions:
 
 
 @dataclass
-class CleaningReport:
-    """Counts of what cleaning and label mapping removed; ``skipped`` lists ``(origin, reason)`` of skipped curves."""
+class SurveyCleaningCounts:
+    """Counts of what cleaning and label mapping removed from one split of a survey; ``skipped`` lists
+    ``(origin, reason)`` of skipped curves."""
 
     curves_read: int = 0
     curves_kept: int = 0
@@ -50,6 +50,11 @@ class CleaningReport:
     curves_removed_by_class: Counter = field(default_factory=Counter)
     curves_relabelled: Counter = field(default_factory=Counter)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def add_cleaning(self, report: CleaningReport) -> None:
+        """Add the rows one curve's cleaning dropped (its per-curve :class:`CleaningReport`)."""
+        self.rows_dropped_nonfinite += report.n_nonfinite
+        self.rows_dropped_err_range += report.n_error_out_of_range
 
     def summary(self) -> str:
         """One line per non-zero count, for logs."""
@@ -74,54 +79,71 @@ class CleaningReport:
         return "; ".join(parts)
 
 
+def _refuse_unclean(curve: RawLightCurve, time: np.ndarray, mag: np.ndarray, err: np.ndarray) -> None:
+    """``clean=False``: raise for an empty curve, a non-finite value or an unsorted time axis."""
+
+    def refuse(message: str, field: str) -> None:
+        raise LightCurveValidationError(
+            f"{curve.origin}: {message}", curve_id=curve.id, field=field, source=curve.origin
+        )
+
+    if len(time) == 0:
+        refuse("empty light curve (0 observations)", "observations")
+    finite = {"time": np.isfinite(time), "mag": np.isfinite(mag), "err": np.isfinite(err)}
+    all_finite = finite["time"] & finite["mag"] & finite["err"]
+    if not all_finite.all():
+        row = int(np.flatnonzero(~all_finite)[0])
+        refuse(
+            f"data row {row} has a non-finite value (time={time[row]}, mag={mag[row]}, err={err[row]}); "
+            "use clean=True to drop such rows",
+            next(name for name, ok in finite.items() if not ok[row]),
+        )
+    if len(time) > 1 and np.any(np.diff(time) < 0):
+        refuse(f"times not sorted at data row {int(np.flatnonzero(np.diff(time) < 0)[0]) + 1}; use clean=True to sort",
+               "time")
+
+
 def clean_light_curve(
-    curve: RawLightCurve, options: CleaningOptions, report: CleaningReport
+    curve: RawLightCurve, options: CleaningOptions, counts: SurveyCleaningCounts
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Return cleaned ``(time float64, mag float32, err float32)`` arrays of shape (L',) or ``None`` if dropped.
 
-    Raises :class:`BadLightCurveError` (naming ``curve.origin`` and the row) when ``options.clean`` is off and the
-    curve has a NaN, is empty or unsorted, or whenever the three columns differ in length.
+    Raises :class:`~modeling_astromer.errors.LightCurveValidationError` (naming ``curve.origin`` and the row) when
+    ``options.clean`` is off and the curve has a NaN, is empty or unsorted, or whenever the three columns differ in
+    length.
     """
     time = np.asarray(curve.time, dtype=np.float64)
     mag = np.asarray(curve.mag, dtype=np.float64)
     err = np.asarray(curve.err, dtype=np.float64)
     if not len(time) == len(mag) == len(err):
-        raise BadLightCurveError(
-            f"{curve.origin}: time/mag/err lengths differ ({len(time)}, {len(mag)}, {len(err)})"
+        raise LightCurveValidationError(
+            f"{curve.origin}: time/mag/err lengths differ ({len(time)}, {len(mag)}, {len(err)})",
+            curve_id=curve.id,
+            field="shape",
+            source=curve.origin,
         )
-    report.rows_read += len(time)
-    finite = np.isfinite(time) & np.isfinite(mag) & np.isfinite(err)
+    counts.rows_read += len(time)
     if not options.clean:
-        if len(time) == 0:
-            raise BadLightCurveError(f"{curve.origin}: empty light curve (0 observations)")
-        if not finite.all():
-            row = int(np.flatnonzero(~finite)[0])
-            raise BadLightCurveError(
-                f"{curve.origin}: data row {row} has a non-finite value "
-                f"(time={time[row]}, mag={mag[row]}, err={err[row]}); use clean=True to drop such rows"
-            )
-        if len(time) > 1 and np.any(np.diff(time) < 0):
-            row = int(np.flatnonzero(np.diff(time) < 0)[0]) + 1
-            raise BadLightCurveError(
-                f"{curve.origin}: times not sorted at data row {row}; use clean=True to sort"
-            )
-        report.rows_kept += len(time)
+        _refuse_unclean(curve, time, mag, err)
+        counts.rows_kept += len(time)
         return time, mag.astype(np.float32), err.astype(np.float32)
 
-    report.rows_dropped_nonfinite += int((~finite).sum())
-    in_range = finite & (err > options.err_min) & (err < options.err_max)
-    report.rows_dropped_err_range += int((finite & ~in_range).sum())
-    time, mag, err = time[in_range], mag[in_range], err[in_range]
+    cleaned = clean_light_curves(
+        [(time, mag, err)],
+        min_error=options.err_min,
+        max_error=options.err_max,
+        unsorted="sort" if options.sort_times else "keep",
+        ids=[curve.id],
+    )
+    counts.add_cleaning(cleaned.report(0))
+    time, mag, err = cleaned.time, cleaned.mag, cleaned.err
     if options.clip_quantiles is not None and len(mag):
         low, high = np.quantile(mag, options.clip_quantiles)
         keep = (mag >= low) & (mag <= high)
-        report.rows_dropped_clip += int((~keep).sum())
+        counts.rows_dropped_clip += int((~keep).sum())
         time, mag, err = time[keep], mag[keep], err[keep]
     if len(time) < options.min_observations:
-        report.curves_dropped_short += 1
+        counts.curves_dropped_short += 1
         return None
-    if options.sort_times:
-        order = np.argsort(time, kind="stable")
-        time, mag, err = time[order], mag[order], err[order]
-    report.rows_kept += len(time)
+    counts.rows_kept += len(time)
     return time, mag.astype(np.float32), err.astype(np.float32)

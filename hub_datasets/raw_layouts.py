@@ -1,4 +1,4 @@
-"""The on-disk layouts in which the Astromer authors distribute survey light curves (data.md §2): read and write.
+"""The on-disk layouts in which the Astromer authors distribute survey light curves: read and write.
 
 =============  ===============================================================================================
 layout         files under one root folder
@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -397,8 +398,6 @@ def _atomic_folder(root: Path, overwrite: bool) -> Path:
 
 def _publish_folder(tmp: Path, root: Path) -> None:
     if root.exists():
-        import shutil
-
         shutil.rmtree(root)
     os.replace(tmp, root)
 

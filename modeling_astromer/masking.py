@@ -1,5 +1,5 @@
 # Copyright 2026 The astromer-hf developers. MIT licence.
-"""The official Astromer pretraining probing procedure (spec §2.4) as a seedable PyTorch collator.
+"""The official Astromer pretraining probing procedure as a seedable PyTorch collator.
 
 Per window with ``L`` real observations (the procedure works on the *unpadded* window, as the official
 ``mask_sample`` does before ``padded_batch``):
@@ -18,19 +18,26 @@ are bit-compatible with it for every fraction; e.g. 100/64/20/16 (probed/masked/
 The three classes are drawn from one uniform random permutation of the real positions: its first ``n_p`` entries
 are a uniform ``n_p``-subset, and their order splits it uniformly into same/random/masked — the same
 distribution as the official two-stage draw.
+
+The collator probes ragged windows (the real observations of all windows laid back to back, see
+:mod:`.feature_extraction_astromer`), then pads the result (:meth:`AstromerMaskingCollator.pad`) or hands the
+real-observation fields to packing (:meth:`AstromerMaskingCollator.token_fields`), so a packed batch is never
+padded first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from .feature_extraction_astromer import pad_windows, padding_mask
 from .modeling_astromer import compute_loss_weights
 
-__all__ = ["AstromerMaskingCollator", "probing_counts"]
+__all__ = ["AstromerMaskingCollator", "ProbedWindows", "RaggedWindows", "probing_counts", "window_loss_weights"]
 
 _VALUE_KEYS = ("magnitudes", "times", "errors")
 
@@ -61,6 +68,71 @@ def as_numeric_array(value: Any, name: str, where: str = "batch") -> np.ndarray:
     return array
 
 
+def window_loss_weights(errors: np.ndarray, lengths: np.ndarray, window_size: int) -> np.ndarray:
+    """The official loss weights (:func:`compute_loss_weights`) of ragged windows, computed without padding them.
+
+    :func:`compute_loss_weights` works on windows padded to ``window_size`` and gives the padding of a shorter
+    window ``σ`` = the window's mean error. That mean lies strictly between the window's smallest and largest error
+    whenever the errors are positive and not all equal (relative spread above ``4·L²·eps``, more than the rounding
+    of any float64 sum of ``L`` terms), so it changes neither the minimum nor the maximum of ``1/σ`` and the weights
+    of the real observations follow from those alone. The remaining windows (shorter than ``window_size`` with a
+    zero or negative error, or with errors equal up to that rounding) are passed to :func:`compute_loss_weights`
+    on their padded row, so the result equals it bit for bit in every case.
+
+    Args:
+        errors: `(lengths.sum(),)` uncertainties of the windows, window after window.
+        lengths: `(n_windows,)` positive number of observations of each window, each at most ``window_size``.
+        window_size: width the official weights are defined on.
+
+    Returns:
+        `(lengths.sum(),)` float64 weights.
+    """
+    sigma = np.asarray(errors, dtype=np.float64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    first = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    window = np.repeat(np.arange(lengths.size), lengths)
+    inverse = np.where(sigma != 0, 1.0 / np.where(sigma != 0, sigma, 1.0), 0.0)
+    low = np.minimum.reduceat(inverse, first)
+    span = np.maximum.reduceat(inverse, first) - low
+    safe_span = np.where(span > 0, span, 1.0)
+    weights = np.where((span > 0)[window], (inverse - low[window]) / safe_span[window], 0.0) + 1e-3
+
+    smallest = np.minimum.reduceat(sigma, first)
+    largest = np.maximum.reduceat(sigma, first)
+    spread_is_safe = (smallest > 0) & (largest - smallest > 4.0 * lengths**2 * np.finfo(np.float64).eps * largest)
+    exact = np.flatnonzero((lengths < window_size) & ~spread_is_safe)
+    if exact.size:
+        rows = np.concatenate([np.arange(first[i], first[i] + lengths[i]) for i in exact])
+        real = padding_mask(lengths[exact], window_size)
+        padded = compute_loss_weights(
+            torch.from_numpy(pad_windows(sigma[rows], lengths[exact], window_size)), torch.from_numpy(real)
+        )
+        weights[rows] = padded.numpy()[real]
+    return weights
+
+
+@dataclass
+class RaggedWindows:
+    """Windows laid back to back: float64 `(T,)` ``magnitudes``, ``times``, ``errors`` of the real observations
+    (``T = lengths.sum()``) and the `(B,)` int64 ``lengths``."""
+
+    magnitudes: np.ndarray
+    times: np.ndarray
+    errors: np.ndarray
+    lengths: np.ndarray
+
+
+@dataclass
+class ProbedWindows:
+    """The probing of :class:`RaggedWindows`, per real observation `(T,)`: ``inputs`` float64 (the magnitudes with
+    the "random" replacements), ``mask_positions`` and ``loss_mask`` bool."""
+
+    windows: RaggedWindows
+    inputs: np.ndarray
+    mask_positions: np.ndarray
+    loss_mask: np.ndarray
+
+
 class AstromerMaskingCollator:
     """Collate Astromer windows into a pretraining batch with the official probing/masking.
 
@@ -85,6 +157,10 @@ class AstromerMaskingCollator:
     - ``mask_positions`` int64: 1 = "masked" (hidden key / MASK token);
     - ``loss_mask`` float32: 1 = probed (masked + random + same);
     - ``loss_weights`` float32: official uncertainty weights (``compute_loss_weights``).
+
+    The steps are public for collators that seed each batch themselves or pack instead of padding:
+    :meth:`ragged_windows` (parse and check), :meth:`probe` (with a given generator), then :meth:`pad` or
+    :meth:`token_fields`.
     """
 
     def __init__(
@@ -126,9 +202,8 @@ class AstromerMaskingCollator:
         return self._rng
 
     # ------------------------------------------------------------------------------------------------ inputs
-    def _stack(self, features: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Padded float64 `(B, W)` value arrays with real obs first, and `(B,)` real lengths."""
-        W = self.window_size
+    def ragged_windows(self, features: Any) -> RaggedWindows:
+        """The real observations of every window, back to back in float64, checked (no padding is added)."""
         if isinstance(features, Mapping):
             arrays = {}
             for key in _VALUE_KEYS:
@@ -150,97 +225,128 @@ class AstromerMaskingCollator:
                 real = mask.astype(bool)
             else:
                 real = np.ones((B, T), dtype=bool)
-            windows = [{k: arrays[k][b][real[b]] for k in _VALUE_KEYS} for b in range(B)]
+            values = {key: arrays[key][real] for key in _VALUE_KEYS}  # row-major: window after window, in order
+            lengths = real.sum(axis=1).astype(np.int64)
         elif isinstance(features, Sequence) and not isinstance(features, (str, bytes)):
             windows = []
             for i, feature in enumerate(features):
                 if not isinstance(feature, Mapping):
                     raise TypeError(f"window {i}: expected a mapping, got {type(feature).__name__}")
-                values = {}
+                window = {}
                 for key in _VALUE_KEYS:
                     if key not in feature:
                         raise ValueError(f"window {i}: missing {key!r} (has {sorted(feature)})")
-                    values[key] = as_numeric_array(feature[key], key, f"window {i}").astype(np.float64)
-                    if values[key].ndim != 1:
-                        raise ValueError(f"window {i}: {key!r} must be 1-D, got shape {values[key].shape}")
-                lengths = {k: v.shape[0] for k, v in values.items()}
-                if len(set(lengths.values())) != 1:
-                    raise ValueError(f"window {i}: magnitudes/times/errors lengths differ: {lengths}")
+                    window[key] = as_numeric_array(feature[key], key, f"window {i}").astype(np.float64)
+                    if window[key].ndim != 1:
+                        raise ValueError(f"window {i}: {key!r} must be 1-D, got shape {window[key].shape}")
+                sizes = {k: v.shape[0] for k, v in window.items()}
+                if len(set(sizes.values())) != 1:
+                    raise ValueError(f"window {i}: magnitudes/times/errors lengths differ: {sizes}")
                 if feature.get("attention_mask") is not None:
                     mask = as_numeric_array(feature["attention_mask"], "attention_mask", f"window {i}").astype(bool)
-                    if mask.shape != values["magnitudes"].shape:
+                    if mask.shape != window["magnitudes"].shape:
                         raise ValueError(
                             f"window {i}: attention_mask shape {mask.shape} differs from "
-                            f"magnitudes shape {values['magnitudes'].shape}"
+                            f"magnitudes shape {window['magnitudes'].shape}"
                         )
-                    values = {k: v[mask] for k, v in values.items()}
-                windows.append(values)
+                    window = {k: v[mask] for k, v in window.items()}
+                windows.append(window)
+            lengths = np.array([w["magnitudes"].shape[0] for w in windows], dtype=np.int64)
+            values = {
+                key: np.concatenate([w[key] for w in windows]) if windows else np.zeros(0) for key in _VALUE_KEYS
+            }
         else:
             raise TypeError(
                 f"features must be a list of per-window mappings or a mapping of padded arrays, "
                 f"got {type(features).__name__}"
             )
-        if not windows:
+        if lengths.size == 0:
             raise ValueError("no windows to collate")
-
-        n_real = np.array([w["magnitudes"].shape[0] for w in windows], dtype=np.int64)
-        too_long = np.flatnonzero(n_real > W)
+        too_long = np.flatnonzero(lengths > self.window_size)
         if too_long.size:
             raise ValueError(
-                f"window {int(too_long[0])} has {int(n_real[too_long[0]])} observations, "
-                f"more than window_size={W}"
+                f"window {int(too_long[0])} has {int(lengths[too_long[0]])} observations, "
+                f"more than window_size={self.window_size}"
             )
-        empty = np.flatnonzero(n_real == 0)
+        empty = np.flatnonzero(lengths == 0)
         if empty.size:
             raise ValueError(f"window {int(empty[0])} has no observed positions")
-        out = {k: np.zeros((len(windows), W), dtype=np.float64) for k in _VALUE_KEYS}
-        for b, window in enumerate(windows):
-            for key in _VALUE_KEYS:
-                out[key][b, : n_real[b]] = window[key]
-        real = np.arange(W)[None, :] < n_real[:, None]
+        window_of = np.repeat(np.arange(lengths.size), lengths)
         for key in _VALUE_KEYS:
-            bad = real & ~np.isfinite(out[key])
+            bad = ~np.isfinite(values[key])
             if bad.any():
-                b = int(np.flatnonzero(bad.any(axis=1))[0])
-                raise ValueError(f"window {b}: {key!r} has non-finite values at observed positions")
-        return out, n_real
+                raise ValueError(f"window {int(window_of[np.argmax(bad)])}: {key!r} has non-finite values at "
+                                 "observed positions")
+        return RaggedWindows(values["magnitudes"], values["times"], values["errors"], lengths)
+
+    # ------------------------------------------------------------------------------------------------ probing
+    def probe(self, windows: RaggedWindows, rng: np.random.Generator) -> ProbedWindows:
+        """Draw the probed, "same", "random" and "masked" observations of every window from ``rng``.
+
+        ``rng`` gives two `(B, window_size)` blocks of uniforms, whatever the window lengths: row ``b`` of the first
+        ranks the real positions of window ``b`` (its first ``L`` entries), row ``b`` of the second shuffles them.
+        """
+        lengths = windows.lengths
+        B, W = lengths.size, self.window_size
+        window = np.repeat(np.arange(B), lengths)
+        position = np.arange(window.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+
+        # rank of each observation in a uniform random permutation of its window's observations
+        rank_keys = rng.random((B, W))[window, position]
+        order = np.lexsort((rank_keys, window))  # stable, by window then key
+        rank = np.empty_like(position)
+        rank[order] = position
+
+        n_probed, n_same, n_random = probing_counts(
+            lengths, self.probed_fraction, self.same_fraction, self.random_fraction
+        )
+        probed = rank < n_probed[window]
+        random_positions = probed & (rank >= n_same[window]) & (rank < (n_same + n_random)[window])
+        masked = probed & (rank >= (n_same + n_random)[window])
+
+        # the shuffled copy of each window's magnitudes: its values in the order of a second set of keys
+        shuffle_keys = rng.random((B, W))[window, position]
+        shuffled = windows.magnitudes[np.lexsort((shuffle_keys, window))]
+        inputs = np.where(random_positions, shuffled, windows.magnitudes)
+        return ProbedWindows(windows, inputs, masked, probed)
+
+    # ----------------------------------------------------------------------------------------------- outputs
+    def pad(self, probed: ProbedWindows) -> dict[str, torch.Tensor]:
+        """The padded `(B, window_size)` batch described in the class docstring."""
+        lengths, W = probed.windows.lengths, self.window_size
+
+        def pad(values: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(pad_windows(values, lengths, W))
+
+        attention_mask = torch.from_numpy(padding_mask(lengths, W).astype(np.int64))
+        errors64 = pad(probed.windows.errors)
+        return {
+            "magnitudes": pad(probed.inputs.astype(np.float32)),
+            "labels": pad(probed.windows.magnitudes.astype(np.float32)),
+            "times": pad(probed.windows.times.astype(np.float32)),
+            "errors": errors64.to(torch.float32),
+            "attention_mask": attention_mask,
+            "mask_positions": pad(probed.mask_positions.astype(np.int64)),
+            "loss_mask": pad(probed.loss_mask.astype(np.float32)),
+            "loss_weights": compute_loss_weights(errors64, attention_mask).to(torch.float32),
+        }
+
+    def token_fields(self, probed: ProbedWindows) -> dict[str, np.ndarray]:
+        """The batch's fields at the real observations only, `(T,)` each, in the dtypes of :meth:`pad` (the input
+        of packing: ``AstromerPackingCollator.pack``)."""
+        windows = probed.windows
+        return {
+            "magnitudes": probed.inputs.astype(np.float32),
+            "labels": windows.magnitudes.astype(np.float32),
+            "times": windows.times.astype(np.float32),
+            "errors": windows.errors.astype(np.float32),
+            "mask_positions": probed.mask_positions.astype(np.int64),
+            "loss_mask": probed.loss_mask.astype(np.float32),
+            "loss_weights": window_loss_weights(windows.errors, windows.lengths, self.window_size).astype(
+                np.float32
+            ),
+        }
 
     # -------------------------------------------------------------------------------------------------- call
     def __call__(self, features: Any) -> dict[str, torch.Tensor]:
-        values, n_real = self._stack(features)
-        B, W = values["magnitudes"].shape
-        rng = self._generator()
-        real = np.arange(W)[None, :] < n_real[:, None]
-
-        # rank[b, j]: position of j in a uniform random permutation of the real positions of window b
-        keys = np.where(real, rng.random((B, W)), np.inf)
-        order = np.argsort(keys, axis=1, kind="stable")
-        rank = np.empty_like(order)
-        np.put_along_axis(rank, order, np.broadcast_to(np.arange(W), (B, W)), axis=1)
-
-        n_probed, n_same, n_random = probing_counts(
-            n_real, self.probed_fraction, self.same_fraction, self.random_fraction
-        )
-        probed = real & (rank < n_probed[:, None])
-        random_positions = probed & (rank >= n_same[:, None]) & (rank < (n_same + n_random)[:, None])
-        masked = probed & (rank >= (n_same + n_random)[:, None])
-
-        # the shuffled copy of the real magnitudes: shuffled[b, i] = mags[b, perm[b, i]] for i < L
-        shuffle_keys = np.where(real, rng.random((B, W)), np.inf)
-        permutation = np.argsort(shuffle_keys, axis=1, kind="stable")
-        shuffled = np.take_along_axis(values["magnitudes"], permutation, axis=1)
-        labels = values["magnitudes"]
-        inputs = np.where(random_positions, shuffled, labels)
-
-        attention_mask = torch.from_numpy(real.astype(np.int64))
-        errors64 = torch.from_numpy(values["errors"])
-        return {
-            "magnitudes": torch.from_numpy(inputs.astype(np.float32)),
-            "labels": torch.from_numpy(labels.astype(np.float32)),
-            "times": torch.from_numpy(values["times"].astype(np.float32)),
-            "errors": errors64.to(torch.float32),
-            "attention_mask": attention_mask,
-            "mask_positions": torch.from_numpy(masked.astype(np.int64)),
-            "loss_mask": torch.from_numpy(probed.astype(np.float32)),
-            "loss_weights": compute_loss_weights(errors64, attention_mask).to(torch.float32),
-        }
+        return self.pad(self.probe(self.ragged_windows(features), self._generator()))

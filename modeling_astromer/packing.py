@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .feature_extraction_astromer import pad_windows, padding_mask
 from .masking import as_numeric_array
 
 __all__ = ["AstromerPackingCollator", "token_budget_batches"]
@@ -70,8 +71,10 @@ class AstromerPackingCollator:
         pad_to_budget: pad every batch to exactly ``max_tokens`` tokens (static shapes).
         max_sequences: with ``pad_to_budget``, pad ``cu_seqlens`` to ``max_sequences + 1`` entries with zero-length
             sequences (static ``n``); must leave room for the padding sequences.
-        base_collator: optional collator applied first, e.g. ``AstromerMaskingCollator()``, that returns a padded
-            ``(B, L)`` batch with ``attention_mask``; its output is then packed.
+        base_collator: optional collator applied first that returns a padded ``(B, L)`` batch with
+            ``attention_mask``; its output is then packed. To pack probed windows without padding them first,
+            call :meth:`pack` with ``AstromerMaskingCollator.token_fields`` instead (as
+            ``astromer_train.data.DeterministicMaskingCollator(packed=True)`` does).
         filler_label: value of integer per-window fields (classification labels) for filler sequences; -100 is
             ignored by ``cross_entropy``.
 
@@ -80,7 +83,8 @@ class AstromerPackingCollator:
     ``attention_mask`` are fine too) or one mapping of padded ``(B, L)`` arrays with ``attention_mask`` (real points
     first in each row). It returns torch tensors: every token field as ``(1, T)`` (float32, int64 for
     ``mask_positions``/``attention_mask``), per-window fields as ``(n,)``, ``cu_seqlens`` int32 ``(n+1,)``,
-    ``max_seqlen`` (int) and ``sequence_index`` int64 ``(n,)``.
+    ``max_seqlen`` (int) and ``sequence_index`` int64 ``(n,)``. :meth:`pack` does the same for windows that are
+    already laid back to back.
     """
 
     def __init__(self, max_tokens: int | None = None, max_seqlen: int = 200, pad_to_budget: bool = False,
@@ -190,49 +194,76 @@ class AstromerPackingCollator:
         windows, per_window = self._windows(features)
         if not windows:
             raise ValueError("cannot pack an empty batch")
-        lengths = [len(w["magnitudes"]) for w in windows]
-        for index, length in enumerate(lengths):
-            if length == 0:
-                raise ValueError(f"window {index} has no observations; drop it before packing")
-            if length > self.max_seqlen:
-                raise ValueError(f"window {index} has {length} observations, more than max_seqlen={self.max_seqlen}")
         fields = sorted({name for w in windows for name in w})
         for name in fields:
             missing = [i for i, w in enumerate(windows) if name not in w]
             if missing:
                 raise ValueError(f"windows {missing[:10]} lack the field {name!r} that other windows have")
+        lengths = np.array([len(w["magnitudes"]) for w in windows], dtype=np.int64)
+        token_fields = {name: np.concatenate([w[name] for w in windows]) for name in fields}
+        return self.pack(token_fields, lengths, {name: np.stack(values) for name, values in per_window.items()})
+
+    def pack(
+        self,
+        token_fields: Mapping[str, Any],
+        lengths: Sequence[int] | np.ndarray,
+        per_window: Mapping[str, np.ndarray] | None = None,
+    ) -> dict[str, Any]:
+        """Pack windows that are already laid back to back.
+
+        Args:
+            token_fields: `(T,)` arrays of the windows' real observations, window after window
+                (``T = sum(lengths)``); ``magnitudes`` is required.
+            lengths: `(n,)` number of observations of each window.
+            per_window: `(n, ...)` arrays with one value per window.
+
+        Returns:
+            The packed batch described in the class docstring.
+        """
+        lengths = [int(n) for n in np.asarray(lengths, dtype=np.int64).reshape(-1)]
+        if not lengths:
+            raise ValueError("cannot pack an empty batch")
+        if "magnitudes" not in token_fields:
+            raise ValueError(f"token fields {sorted(token_fields)} lack 'magnitudes'")
+        for index, length in enumerate(lengths):
+            if length == 0:
+                raise ValueError(f"window {index} has no observations; drop it before packing")
+            if length > self.max_seqlen:
+                raise ValueError(f"window {index} has {length} observations, more than max_seqlen={self.max_seqlen}")
         total = int(sum(lengths))
+        for name, values in token_fields.items():
+            if np.shape(values)[:1] != (total,):
+                raise ValueError(f"token field {name!r} has shape {np.shape(values)}, expected ({total},)")
         if self.max_tokens is not None and total > self.max_tokens:
             raise ValueError(f"the batch has {total} observations, more than max_tokens={self.max_tokens}; group "
-                             "windows with astromer.packing.token_budget_batches (as a batch_sampler)")
+                             "windows with modeling_astromer.packing.token_budget_batches (as a batch_sampler)")
 
         seq_lengths = list(lengths)
-        sequence_index = list(range(len(windows)))
-        padding_tokens = 0
+        sequence_index = list(range(len(lengths)))
+        width = total
         if self.pad_to_budget:
-            padding_tokens = self.max_tokens - total
-            while padding_tokens > sum(seq_lengths) - total:
-                remaining = padding_tokens - (sum(seq_lengths) - total)
-                seq_lengths.append(min(self.max_seqlen, remaining))
+            width = self.max_tokens
+            while width > sum(seq_lengths):
+                seq_lengths.append(min(self.max_seqlen, width - sum(seq_lengths)))
                 sequence_index.append(-1)
             if self.max_sequences is not None:
                 if len(seq_lengths) > self.max_sequences:
                     raise ValueError(f"max_sequences={self.max_sequences} is too small: this batch needs "
-                                     f"{len(seq_lengths)} sequences ({len(windows)} windows + padding sequences)")
+                                     f"{len(seq_lengths)} sequences ({len(lengths)} windows + padding sequences)")
                 fillers = self.max_sequences - len(seq_lengths)
                 seq_lengths.extend([0] * fillers)
                 sequence_index.extend([-1] * fillers)
 
+        # the stream is one sequence of `total` real tokens; budget padding pads it to `width`
         out: dict[str, Any] = {}
-        for name in fields:
+        for name in sorted(token_fields):
             dtype = np.int64 if name in _INT_TOKEN_FIELDS else np.float32
-            packed = np.concatenate([w[name].astype(dtype) for w in windows] + [np.zeros(padding_tokens, dtype)])
-            out[name] = torch.from_numpy(packed).unsqueeze(0)
-        attention = np.concatenate([np.ones(total, np.int64), np.zeros(padding_tokens, np.int64)])
-        out["attention_mask"] = torch.from_numpy(attention).unsqueeze(0)
-        n_fill = len(seq_lengths) - len(windows)
-        for name, values in per_window.items():
-            stacked = np.stack(values)
+            values = np.asarray(token_fields[name]).astype(dtype)
+            out[name] = torch.from_numpy(pad_windows(values, [total], width))
+        out["attention_mask"] = torch.from_numpy(padding_mask([total], width).astype(np.int64))
+        n_fill = len(seq_lengths) - len(lengths)
+        for name, values in (per_window or {}).items():
+            stacked = np.asarray(values)
             is_int = stacked.dtype.kind in "biu"
             fill = np.full((n_fill, *stacked.shape[1:]), self.filler_label if is_int else 0, dtype=stacked.dtype)
             out[name] = torch.from_numpy(np.concatenate([stacked, fill]))

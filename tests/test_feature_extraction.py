@@ -420,7 +420,7 @@ def test_reference_windows_float64_centring(reference_dir: Path) -> None:
     np.testing.assert_array_equal(out["times"][~real], ref["times"][~real])
 
 
-MACHO_LENGTHS = {  # R band, after the 0 < err < 1 cut (reference README §2)
+MACHO_LENGTHS = {  # R band observations left after the 0 < err < 1 cut
     "1.3444.614": 720,
     "1.3567.1310": 1231,
     "1.3568.288": 1239,

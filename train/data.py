@@ -7,15 +7,17 @@ Everything the training scripts feed to a model goes through here:
 2. :class:`CleanedCurves` applies the official cleaning once (the feature extractor's ``clean``: ``0 < err < 1``,
    finite values, sorted times, at least ``min_observations`` points; shorter curves are dropped and counted) and
    keeps the curves as flat float64 arrays.
-3. :class:`WindowDataset` cuts 200-observation windows, centred in float64 per window exactly like
-   ``AstromerFeatureExtractor``: ``"random"`` (one window per curve per epoch, pretraining) or ``"sequential"``
-   (every official window; fine-tuning, classification, evaluation). Items are addressed by an integer *key*
+3. :class:`WindowDataset` cuts 200-observation windows, centred in float64 per window, with the feature
+   extractor's own functions (``window_starts``, ``window_rows``, ``centre_windows``): ``"random"`` (one window
+   per curve per epoch, pretraining) or ``"sequential"`` (every official window; fine-tuning, classification,
+   evaluation). Items are addressed by an integer *key*
    ``epoch * len(dataset) + index`` so that the window drawn for a curve depends only on ``(seed, epoch, index)``:
    the same in every process layout, with any number of workers, and after a resume.
 4. :class:`EpochShuffleSampler` yields those keys in a permutation seeded by ``(seed, epoch)``.
 5. :class:`DeterministicMaskingCollator` applies the official probing (``AstromerMaskingCollator``) with a generator
    seeded by ``(seed, keys of the batch)``, so the masks of a batch do not depend on global RNG state or on which
-   DataLoader worker built it; :class:`PaddingCollator` pads classification windows.
+   DataLoader worker built it, and pads or packs the result; :class:`PaddingCollator` pads classification windows
+   (``pad_windows``).
 """
 
 from __future__ import annotations
@@ -30,8 +32,17 @@ import datasets
 import numpy as np
 import torch
 
+from hub_datasets.synthetic import generate_survey
 from modeling_astromer import AstromerFeatureExtractor, AstromerMaskingCollator
 from modeling_astromer.errors import InputError, LightCurveValidationError
+from modeling_astromer.feature_extraction_astromer import (
+    centre_windows,
+    pad_windows,
+    padding_mask,
+    window_rows,
+    window_starts,
+)
+from modeling_astromer.packing import AstromerPackingCollator
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +83,6 @@ def load_light_curves(
     if synthetic is not None:
         if synthetic < 1:
             raise DataSourceError(f"the synthetic curve count must be positive, got {synthetic}")
-        from hub_datasets.synthetic import generate_survey
-
         return datasets.DatasetDict({"train": generate_survey(
             int(synthetic), survey=survey, seed=seed, class_proportions=class_proportions)})
 
@@ -244,9 +253,8 @@ class WindowDataset(torch.utils.data.Dataset):
         self.sampling = sampling
         self.window_size = int(window_size)
         self.seed = int(seed)
-        fe = AstromerFeatureExtractor(window_size=self.window_size)
         if sampling == "sequential":
-            self.window_curve, self.window_start = fe.window_starts(curves.lengths, "sequential")
+            self.window_curve, self.window_start = window_starts(curves.lengths, self.window_size, "sequential")
         else:
             self.window_curve = np.arange(len(curves), dtype=np.int64)
             self.window_start = None
@@ -257,23 +265,20 @@ class WindowDataset(torch.utils.data.Dataset):
     def _start(self, epoch: int, index: int) -> int:
         if self.window_start is not None:
             return int(self.window_start[index])
-        length = int(self.curves.lengths[index])
-        if length <= self.window_size:
-            return 0
-        return int(np.random.default_rng([self.seed, epoch, index]).integers(0, length - self.window_size + 1))
+        lengths = self.curves.lengths[index : index + 1]
+        _, start = window_starts(lengths, self.window_size, "random", np.random.default_rng([self.seed, epoch, index]))
+        return int(start[0])
 
     def __getitem__(self, key: int) -> dict[str, Any]:
         epoch, index = divmod(int(key), len(self))
         curve = int(self.window_curve[index])
-        start = self._start(epoch, index)
-        begin = int(self.curves.offsets[curve]) + start
-        stop = min(begin + self.window_size, int(self.curves.offsets[curve + 1]))
-        time = self.curves.time[begin:stop]
-        mag = self.curves.mag[begin:stop]
+        rows, lengths = window_rows(self.curves.offsets, [curve], [self._start(epoch, index)], self.window_size)
+        magnitudes, _ = centre_windows(self.curves.mag[rows], lengths)
+        times, _ = centre_windows(self.curves.time[rows], lengths)
         item: dict[str, Any] = {
-            "magnitudes": (mag - mag.mean()).astype(np.float32),
-            "times": (time - time.mean()).astype(np.float32),
-            "errors": self.curves.err[begin:stop].astype(np.float32),
+            "magnitudes": magnitudes,
+            "times": times,
+            "errors": self.curves.err[rows].astype(np.float32),
             "key": int(key),
             "light_curve": curve,
         }
@@ -316,38 +321,36 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
 
 
 # --------------------------------------------------------------------------------------------------- collators
-class _BatchSeededMasking(AstromerMaskingCollator):
-    """The official probing, drawing from a generator that the caller supplies for each batch."""
-
-    def mask(self, windows: Sequence[Mapping[str, Any]], rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        self._batch_rng = rng
-        try:
-            return super().__call__(list(windows))
-        finally:
-            self._batch_rng = None
-
-    def _generator(self) -> np.random.Generator:
-        rng = getattr(self, "_batch_rng", None)
-        return rng if rng is not None else super()._generator()
-
-
 class DeterministicMaskingCollator:
     """Pretraining collator: the official masking with a generator seeded by ``(seed, keys of the batch)``.
 
-    Returns the ``AstromerMaskingCollator`` batch (``magnitudes, labels, times, errors, attention_mask,
-    mask_positions, loss_mask, loss_weights``, all `(B, window_size)`).
+    Args:
+        probed_fraction, random_fraction, same_fraction, window_size: as ``AstromerMaskingCollator``.
+        seed: base seed of every batch's generator.
+        packed: return the packed batch (for the packed model path) instead of the padded one.
+
+    Items are :class:`WindowDataset` items (unpadded windows). The probing works on their real observations;
+    the result is then padded, giving the ``AstromerMaskingCollator`` batch (``magnitudes, labels, times, errors,
+    attention_mask, mask_positions, loss_mask, loss_weights``, all `(B, window_size)`), or, with ``packed=True``,
+    packed without padding it first: the ``AstromerPackingCollator`` batch (``(1, T)`` token fields,
+    ``cu_seqlens``, ``max_seqlen = window_size``, ``sequence_index``), equal to packing the padded batch.
     """
 
     def __init__(self, probed_fraction: float, random_fraction: float, same_fraction: float,
-                 window_size: int = 200, seed: int = 0) -> None:
-        self.masking = _BatchSeededMasking(probed_fraction, random_fraction, same_fraction, window_size)
+                 window_size: int = 200, seed: int = 0, packed: bool = False) -> None:
+        self.masking = AstromerMaskingCollator(probed_fraction, random_fraction, same_fraction, window_size)
+        self.packing = AstromerPackingCollator(max_seqlen=window_size) if packed else None
         self.seed = int(seed)
 
-    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         keys = [int(item["key"]) for item in items]
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, *keys]))
-        windows = [{k: item[k] for k in ("magnitudes", "times", "errors")} for item in items]
-        return self.masking.mask(windows, rng)
+        windows = self.masking.ragged_windows([{k: item[k] for k in ("magnitudes", "times", "errors")}
+                                               for item in items])
+        probed = self.masking.probe(windows, rng)
+        if self.packing is None:
+            return self.masking.pad(probed)
+        return self.packing.pack(self.masking.token_fields(probed), windows.lengths)
 
 
 class PaddingCollator:
@@ -364,10 +367,7 @@ class PaddingCollator:
         if not items:
             raise ValueError("cannot collate an empty batch")
         W = self.window_size
-        B = len(items)
-        mags = np.zeros((B, W), np.float32)
-        times = np.zeros((B, W), np.float32)
-        mask = np.zeros((B, W), np.int64)
+        mags, times = [], []
         for b, item in enumerate(items):
             m = np.asarray(item["magnitudes"], np.float32).reshape(-1)
             t = np.asarray(item["times"], np.float32).reshape(-1)
@@ -375,13 +375,13 @@ class PaddingCollator:
                 raise ValueError(
                     f"window {b}: magnitudes ({m.size}) and times ({t.size}) must have the same length in [1, {W}]"
                 )
-            mags[b, : m.size] = m
-            times[b, : t.size] = t
-            mask[b, : m.size] = 1
+            mags.append(m)
+            times.append(t)
+        lengths = np.array([m.size for m in mags], dtype=np.int64)
         batch = {
-            "magnitudes": torch.from_numpy(mags),
-            "times": torch.from_numpy(times),
-            "attention_mask": torch.from_numpy(mask),
+            "magnitudes": torch.from_numpy(pad_windows(np.concatenate(mags), lengths, W)),
+            "times": torch.from_numpy(pad_windows(np.concatenate(times), lengths, W)),
+            "attention_mask": torch.from_numpy(padding_mask(lengths, W).astype(np.int64)),
         }
         if "label" in items[0]:
             batch["labels"] = torch.tensor([int(item["label"]) for item in items], dtype=torch.long)

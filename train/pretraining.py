@@ -63,7 +63,6 @@ from astromer_train.reconstruction_metrics import evaluate_reconstruction
 from astromer_train.tracking import build_trackers
 from hub_datasets.atomic import write_json_atomic
 from modeling_astromer import AstromerConfig, AstromerFeatureExtractor, AstromerForMaskedReconstruction
-from modeling_astromer.packing import AstromerPackingCollator
 
 logger = logging.getLogger("astromer_train.pretraining")
 
@@ -130,11 +129,11 @@ def build_masking_collators(model_config: AstromerConfig, seed: int, packed: boo
     state or on the DataLoader worker. ``packed`` batches concatenate the windows without padding
     (``cu_seqlens``); otherwise every window is padded to the window size."""
     fractions = (model_config.probed_fraction, model_config.random_fraction, model_config.same_fraction)
-    window_size = model_config.window_size
 
-    def collator(collator_seed: int) -> Any:
-        masking = DeterministicMaskingCollator(*fractions, window_size=window_size, seed=collator_seed)
-        return AstromerPackingCollator(max_seqlen=window_size, base_collator=masking) if packed else masking
+    def collator(collator_seed: int) -> DeterministicMaskingCollator:
+        return DeterministicMaskingCollator(
+            *fractions, window_size=model_config.window_size, seed=collator_seed, packed=packed
+        )
 
     return collator(seed), collator(seed + 1)
 

@@ -2,8 +2,8 @@
 
 Measures:
 1. building a dataset from each raw layout (``AlcockBuilder.download_and_prepare``): curves/s and observations/s;
-2. windows/s from a light-curve dataset to padded batches: ``windows_dataset`` (``Dataset.map``), a
-   ``DataLoader`` over the torch-formatted windows (``collate_windows``), and ``LightCurveCollator`` on raw rows;
+2. windows/s from a light-curve dataset to padded batches: the feature extractor (cleaning, windowing, centring,
+   padding) over batches of dataset rows;
 3. synthetic generation (curves/s).
 
 Target: the padded-batch path must be ≥ 20× what A2 CPU training consumes (≈ 42 windows/s) → ≥ 840 windows/s.
@@ -26,7 +26,6 @@ import datasets
 import numpy as np
 import torch
 
-from hub_datasets.bridge import LightCurveCollator, collate_windows, windows_dataset
 from hub_datasets.builders import AlcockBuilder
 from hub_datasets.raw_layouts import (
     StoredCurve,
@@ -36,6 +35,7 @@ from hub_datasets.raw_layouts import (
 )
 from hub_datasets.schema import ALCOCK_CLASSES
 from hub_datasets.synthetic import generate_survey
+from modeling_astromer.feature_extraction_astromer import AstromerFeatureExtractor
 
 TARGET_WINDOWS_PER_S = 20 * 42
 
@@ -88,32 +88,17 @@ def main() -> None:
                 f"build from {layout:8s}: {args.curves / seconds:9.0f} curves/s  {n_obs / seconds:12,.0f} obs/s  ({seconds:.2f} s)"
             )
 
-    from modeling_astromer.feature_extraction_astromer import AstromerFeatureExtractor
-
     fe = AstromerFeatureExtractor()
-    windows, seconds = _timed(lambda: windows_dataset(survey, fe))
-    print(f"windows_dataset (map)   : {len(windows) / seconds:9.0f} windows/s ({len(windows)} windows)")
 
-    torch_windows = windows.with_format("torch")
-    loader = torch.utils.data.DataLoader(
-        torch_windows, batch_size=args.batch_size, collate_fn=collate_windows
-    )
-    n, seconds = _timed(lambda: sum(b["magnitudes"].shape[0] for b in loader))
-    print(f"DataLoader+collate_windows: {n / seconds:7.0f} windows/s (padded (B, 200) batches)")
+    def feature_extractor_batches() -> int:
+        n_windows = 0
+        for rows in survey.with_format("numpy").iter(batch_size=args.batch_size):
+            curves = [{"time": t, "mag": m, "err": e} for t, m, e in zip(rows["time"], rows["mag"], rows["err"])]
+            n_windows += fe(curves, return_tensors="pt")["magnitudes"].shape[0]
+        return n_windows
 
-    def sliced() -> int:
-        return sum(
-            torch_windows[i : i + args.batch_size]["magnitudes"].shape[0]
-            for i in range(0, len(windows), args.batch_size)
-        )
-
-    n, seconds = _timed(sliced)
-    print(f"batched slicing (torch)  : {n / seconds:9.0f} windows/s")
-
-    collator = LightCurveCollator(fe)
-    raw_loader = torch.utils.data.DataLoader(survey.with_format("numpy"), batch_size=32, collate_fn=collator)
-    n, seconds = _timed(lambda: sum(b["magnitudes"].shape[0] for b in raw_loader))
-    print(f"LightCurveCollator (raw) : {n / seconds:9.0f} windows/s")
+    n, seconds = _timed(feature_extractor_batches)
+    print(f"feature extractor (rows → padded (B, 200) windows): {n / seconds:9.0f} windows/s ({n} windows)")
     print(f"target ≥ {TARGET_WINDOWS_PER_S} windows/s (20 × 42 windows/s A2 CPU step)")
 
     _, seconds = _timed(lambda: generate_survey(args.synthetic_curves, "macho", seed=1))
