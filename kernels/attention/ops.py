@@ -67,7 +67,7 @@ def _why_no_kernel(device: torch.device, dtype: torch.dtype) -> str:
     if (device.type == "cuda" or INTERPRETING) and triton_varlen.load() is None:
         return "Triton is not installed (pip install 'astromer-hf[triton]')"
     if device.type == "cpu":
-        return "on a CPU it runs only under TRITON_INTERPRET=1 (for tests)"
+        return "on a CPU it runs only under TRITON_INTERPRET=1, for tests"
     if INTERPRETING:
         return "TRITON_INTERPRET=1 runs it on CPU tensors only"
     if device.type == "cuda":
