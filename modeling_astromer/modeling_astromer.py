@@ -23,9 +23,6 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_astromer import POOLING_MODES, AstromerConfig
 
-# Attention implementations that consume packed tokens through `cu_seq_lens_q` instead of a dense mask.
-VARLEN_ATTENTION_IMPLEMENTATIONS = ("astromer_varlen", "astromer_blocked")
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Functional helpers: loss weights, masked pooling, packed segments
@@ -62,6 +59,17 @@ def packed_segment_ids(cu_seqlens: torch.Tensor, total_tokens: int) -> torch.Ten
     return torch.repeat_interleave(
         torch.arange(lengths.numel(), device=cu_seqlens.device), lengths, output_size=total_tokens
     )
+
+
+def within_packed_sequence(cu_seqlens: torch.Tensor, total_tokens: int) -> Callable:
+    """Mask function (transformers' `(batch_idx, head_idx, q_idx, kv_idx) -> bool` convention) that lets a query
+    attend only to the keys of its own packed sequence."""
+    segments = packed_segment_ids(cu_seqlens, total_tokens)
+
+    def same_sequence(batch_idx, head_idx, q_idx, kv_idx):
+        return segments[q_idx] == segments[kv_idx]
+
+    return same_sequence
 
 
 def masked_mean(
@@ -472,13 +480,19 @@ class AstromerModel(AstromerPreTrainedModel):
     def _attention_mask_and_kwargs(
         self,
         embeddings: torch.Tensor,
-        attention_mask: torch.Tensor,
         hidden: torch.Tensor,
         cu_seqlens: torch.Tensor | None,
         max_seqlen: int | None,
     ) -> tuple[torch.Tensor | None, dict]:
-        """Builds what the attention function needs from `hidden` `(B, L)` bool (TF `mask_in`: 1 = hidden key)."""
-        implementation = self.config._attn_implementation
+        """The mask and keyword arguments of the attention function, from `hidden` `(B, L)` bool (TF `mask_in`:
+        True = hidden key).
+
+        The mask comes from the mask builder registered for `config._attn_implementation`: sdpa and eager get a
+        dense `(B, 1, L, L)` mask (block-diagonal for packed inputs, O(T^2) memory: for tests and small batches),
+        implementations registered with a compact key mask get that. Packed inputs also pass `cu_seq_lens_q`,
+        `max_length_q` and `key_bias` (`config.mask_bias` on hidden keys, finite so that a window whose keys are all
+        hidden still gets finite outputs) to whichever implementation consumes them.
+        """
         if self.config.attention_bias_mode == "a1_query_key_bias":
             if cu_seqlens is not None:
                 raise ValueError(
@@ -486,25 +500,22 @@ class AstromerModel(AstromerPreTrainedModel):
                     "+1*min(1, m_q + m_k) term attends to padding, so its outputs depend on the padded layout. Pad "
                     "every window to 200 observations instead"
                 )
-            if implementation in VARLEN_ATTENTION_IMPLEMENTATIONS:
-                raise ValueError(f"Astromer 1 needs attn_implementation 'eager' or 'sdpa', not {implementation!r}")
             hidden_f = hidden.to(embeddings.dtype)
             bias = torch.clamp(hidden_f[:, :, None] + hidden_f[:, None, :], max=1.0)
             return bias.unsqueeze(1), {}
 
+        key_visible = ~hidden
         if cu_seqlens is None:
-            key_visible = (~hidden).to(torch.long)
             return create_bidirectional_mask(self.config, embeddings, key_visible), {}
 
         if max_seqlen is None:
             max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-        if implementation in VARLEN_ATTENTION_IMPLEMENTATIONS:
-            key_bias = hidden[0].to(torch.float32) * float(self.config.mask_bias)
-            return None, {"cu_seq_lens_q": cu_seqlens, "max_length_q": max_seqlen, "key_bias": key_bias}
-        # Dense fallback for packed inputs: a block-diagonal mask, O(T^2) memory; meant for testing and small batches.
-        segments = packed_segment_ids(cu_seqlens, embeddings.shape[1])
-        allowed = (segments[:, None] == segments[None, :]) & ~hidden[0][None, :]
-        return allowed[None, None], {}
+        mask = create_bidirectional_mask(
+            self.config, embeddings, key_visible,
+            and_mask_function=within_packed_sequence(cu_seqlens, embeddings.shape[1]),
+        )
+        key_bias = hidden[0].to(torch.float32) * float(self.config.mask_bias)
+        return mask, {"cu_seq_lens_q": cu_seqlens, "max_length_q": max_seqlen, "key_bias": key_bias}
 
     @merge_with_config_defaults
     @capture_outputs
@@ -533,8 +544,9 @@ class AstromerModel(AstromerPreTrainedModel):
             position still sees its own value.
         cu_seqlens (`torch.IntTensor` of shape `(n_windows + 1,)`, *optional*):
             Packed mode: `magnitudes`/`times` hold all windows back to back as `(1, total_tokens)` and `cu_seqlens`
-            gives their boundaries. Attention is block-diagonal; use `attn_implementation="astromer_varlen"` for the
-            fused kernel (eager/sdpa build a dense block-diagonal mask). Not available for Astromer 1.
+            gives their boundaries. Attention is block-diagonal: implementations that take packed inputs
+            (`cu_seq_lens_q`) attend within each window directly, eager and sdpa get a dense block-diagonal mask
+            (O(T^2) memory). Not available for Astromer 1.
         max_seqlen (`int`, *optional*):
             Longest window in a packed batch (computed from `cu_seqlens` when omitted).
         """
@@ -547,9 +559,7 @@ class AstromerModel(AstromerPreTrainedModel):
             hidden = hidden | mask_positions.bool()
 
         embeddings = self.embeddings(magnitudes, times, hidden if mask_positions is not None else None)
-        mask, attention_kwargs = self._attention_mask_and_kwargs(
-            embeddings, attention_mask, hidden, cu_seqlens, max_seqlen
-        )
+        mask, attention_kwargs = self._attention_mask_and_kwargs(embeddings, hidden, cu_seqlens, max_seqlen)
         hidden_states = self.embedding_dropout(embeddings)
         for layer in self.layers:
             hidden_states = layer(hidden_states, mask, **attention_kwargs, **kwargs)

@@ -5,9 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, bidirectional_mask_function, sdpa_mask
 
+import astromer_kernels.attention.blocked as blocked
 from astromer_kernels.attention.blocked import blocked_attention, blocked_varlen_attention
 from astromer_kernels.attention.reference import varlen_attention_reference
+from astromer_kernels.hf_functions import astromer_blocked_attention_forward, key_only_mask
+from astromer_kernels.registry import register_attention_implementations
 
 TOL = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(atol=1e-5, rtol=1e-5),
        torch.float16: dict(atol=1e-2, rtol=1e-2), torch.bfloat16: dict(atol=6e-2, rtol=6e-2)}
@@ -67,8 +73,6 @@ def test_hidden_keys_are_left_out_of_the_gemms_without_changing_the_result(dtype
     """-inf keys are dropped per block (each window padded to the block's most visible keys); a block holding a
     window that sees every key runs in full. Outputs and gradients still match fp64 SDPA, hidden keys get exactly
     zero gradient."""
-    import astromer_kernels.attention.blocked as blocked
-
     q, k, v, bias, grad_out = padded_problem(batch=6, length=41, mask="key", seed=11)
     bias[2] = 0.0  # window 2 (block 1 with 2 windows a block) sees every key
     bias[4, 1:] = float("-inf")  # window 4 sees one key: the other window of its block sets the width
@@ -108,8 +112,6 @@ def test_window_without_visible_key_gives_zero_output_and_grads():
 def test_kept_and_recomputed_probabilities_give_the_same_gradients(monkeypatch, packed, dtype):
     """Within the budget the forward keeps the probabilities; past it the backward recomputes them. Both must give
     bitwise the same gradients, and only the kept path may hold (B, H, L, L) tensors for the backward."""
-    import astromer_kernels.attention.blocked as blocked
-
     if packed:
         q, k, v, cu, bias = packed_problem([40, 7, 0, 33], seed=5)
         run = lambda *ins: blocked_varlen_attention(*ins, cu, 40, key_bias=bias.float())  # noqa: E731
@@ -131,8 +133,6 @@ def test_kept_and_recomputed_probabilities_give_the_same_gradients(monkeypatch, 
 
 
 def test_no_probabilities_kept_without_gradients():
-    import astromer_kernels.attention.blocked as blocked
-
     q, k, v, bias, _ = padded_problem(mask="key")
     assert blocked._keep_probabilities(10, torch.float32, q.requires_grad_(True))
     with torch.no_grad():
@@ -205,11 +205,6 @@ def test_varlen_finite_bias_hidden_sequence_and_tail_tokens():
 
 # --------------------------------------------------------------------------------------------- HF interface
 def test_hf_padded_mode_equals_sdpa_and_refuses_query_dependent_masks():
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    from transformers.masking_utils import bidirectional_mask_function, sdpa_mask
-
-    from astromer_kernels.hf_attention import astromer_blocked_attention_forward
-
     gen = torch.Generator().manual_seed(2)
     q, k, v = (torch.randn(3, 2, 70, 16, generator=gen) for _ in range(3))
     visible = torch.rand(3, 70, generator=gen) > 0.3
@@ -223,6 +218,8 @@ def test_hf_padded_mode_equals_sdpa_and_refuses_query_dependent_masks():
     got, weights = astromer_blocked_attention_forward(module, q, k, v, mask, dropout=0.0, scaling=0.25)
     assert weights is None and got.shape == (3, 70, 2, 16)
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=2e-5)
+    compact = key_only_mask(batch_size=3, q_length=70, kv_length=70, attention_mask=visible)
+    assert torch.equal(astromer_blocked_attention_forward(module, q, k, v, compact, scaling=0.25)[0], got)
     query_dependent = mask.clone()
     query_dependent[0, 0, 1, 2] = ~query_dependent[0, 0, 1, 2]
     with pytest.raises(ValueError, match="astromer_blocked supports key-only"):
@@ -230,11 +227,6 @@ def test_hf_padded_mode_equals_sdpa_and_refuses_query_dependent_masks():
 
 
 def test_register_adds_blocked_to_both_interfaces():
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    from astromer_kernels.hf_attention import astromer_blocked_attention_forward, register_astromer_varlen
-
-    register_astromer_varlen()
+    register_attention_implementations()
     assert AttentionInterface._global_mapping["astromer_blocked"] is astromer_blocked_attention_forward
-    assert AttentionMaskInterface._global_mapping["astromer_blocked"] is sdpa_mask
+    assert AttentionMaskInterface._global_mapping["astromer_blocked"] is key_only_mask

@@ -7,6 +7,7 @@ from torch import nn
 
 from astromer_kernels.cpu_linear import (
     OneDnnLinear,
+    _blocked_weight,
     onednn_linear,
     onednn_linear_available,
     use_onednn_linears,
@@ -69,8 +70,6 @@ def test_bf16_inputs_without_autocast_take_the_onednn_path_and_fp32_stays_exact(
 
 @pytest.mark.parametrize("rows", [1, 77, 51200])
 def test_reordered_weight_gives_bitwise_the_plain_weight_s_output(rows):
-    from astromer_kernels.cpu_linear import _blocked_weight
-
     generator = torch.Generator().manual_seed(rows)
     x, weight, bias = (torch.randn(*shape, generator=generator).to(BF16) for shape in ((rows, 256), (512, 256), (512,)))
     for activation in ("none", "tanh"):

@@ -7,6 +7,7 @@ runs use ``sdpa``. Outputs at real positions, the loss and every parameter gradi
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -37,8 +38,6 @@ def synthetic_windows(lengths, seed=0):
 
 def sdss_windows(shared_dir, n_curves=4, band="r"):
     """Real SDSS Stripe 82 RR Lyrae curves: first window of up to 200 clean points, centred in float64."""
-    import pandas as pd
-
     files = sorted((shared_dir / "data" / "sdss_rrlyrae" / "light-curves").glob("*.csv"))[:n_curves]
     if not files:
         pytest.skip("no SDSS light curves in the shared folder")

@@ -13,10 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, bidirectional_mask_function, sdpa_mask
 
 from astromer_kernels import varlen_attention
 from astromer_kernels.attention import ops
 from astromer_kernels.attention.reference import varlen_attention_padded_sdpa, varlen_attention_reference
+from astromer_kernels.hf_functions import astromer_varlen_attention_forward, key_only_mask
+from astromer_kernels.registry import register_attention_implementations
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -219,15 +224,17 @@ def test_padded_sdpa_fallback_matches_reference():
 
 
 def test_dispatch_falls_back_without_interpreter():
-    """With TRITON_INTERPRET unset and no GPU, varlen_attention must use the CPU fallback (fresh interpreter)."""
+    """With TRITON_INTERPRET unset and no GPU, varlen_attention uses the CPU fallback and says so once (fresh
+    interpreter)."""
     if CUDA:
         pytest.skip("on a GPU machine the compiled kernel is used")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = Path(__file__).resolve().parents[1]
     code = textwrap.dedent(
         """
+        import warnings
         import torch
-        from astromer_kernels import varlen_attention
+        from astromer_kernels import AttentionFallbackWarning, varlen_attention
         from astromer_kernels.attention import ops
         from astromer_kernels.attention.reference import varlen_attention_reference
         assert not ops.INTERPRETING
@@ -237,7 +244,12 @@ def test_dispatch_falls_back_without_interpreter():
         q, k, v = (torch.randn(53, 2, 16, dtype=torch.float64, requires_grad=True) for _ in range(3))
         bias = torch.where(torch.rand(53) < 0.3, float("-inf"), 0.0).double()
         bias[50:] = float("-inf")
-        out = varlen_attention(q, k, v, cu, 50, key_bias=bias)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = varlen_attention(q, k, v, cu, 50, key_bias=bias)
+            varlen_attention(q, k, v, cu, 50, key_bias=bias)
+        assert [w.category for w in caught] == [AttentionFallbackWarning], caught
+        assert "running blocked GEMM attention" in str(caught[0].message)
         ref = varlen_attention_reference(q, k, v, cu, bias)
         torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
         g = torch.autograd.grad(out.square().sum(), (q, k, v))
@@ -280,11 +292,6 @@ def test_invalid_inputs_raise_clear_errors(kwargs, message):
 # --------------------------------------------------------------------------------------------- HF interface
 @needs_kernel
 def test_hf_padded_mode_equals_sdpa():
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    from transformers.masking_utils import bidirectional_mask_function, sdpa_mask
-
-    from astromer_kernels.hf_attention import astromer_varlen_attention_forward
-
     gen = torch.Generator().manual_seed(2)
     batch, heads, length, head_dim = 3, 2, 70, 16
     q, k, v = (torch.randn(batch, heads, length, head_dim, generator=gen).to(DEVICE) for _ in range(3))
@@ -302,6 +309,10 @@ def test_hf_padded_mode_equals_sdpa():
     assert weights is None
     assert got.shape == (batch, length, heads, head_dim)
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=2e-5)
+    compact = key_only_mask(batch_size=batch, q_length=length, kv_length=length, attention_mask=visible.to(DEVICE))
+    assert compact.shape == (batch, 1, 1, length)
+    got_compact, _ = astromer_varlen_attention_forward(module, q, k, v, compact, dropout=0.0, scaling=0.25)
+    assert torch.equal(got_compact, got)
     got_none, _ = astromer_varlen_attention_forward(module, q, k, v, None, scaling=0.25)
     exp_none, _ = sdpa_attention_forward(module, q, k, v, None, dropout=0.0, scaling=0.25, is_causal=False)
     torch.testing.assert_close(got_none, exp_none, atol=2e-5, rtol=2e-5)
@@ -309,8 +320,6 @@ def test_hf_padded_mode_equals_sdpa():
 
 @needs_kernel
 def test_hf_packed_mode_matches_reference():
-    from astromer_kernels.hf_attention import astromer_varlen_attention_forward
-
     qkv, cu, bias = make_problem([33, 0, 12], heads=2, head_dim=16, mask="finite", seed=4)
     q, k, v = (t.float().transpose(0, 1).unsqueeze(0).to(DEVICE) for t in qkv.unbind(1))  # (1, H, T, D)
     out, _ = astromer_varlen_attention_forward(torch.nn.Module(), q, k, v, None, scaling=0.25,
@@ -318,27 +327,40 @@ def test_hf_packed_mode_matches_reference():
                                                key_bias=bias.float().to(DEVICE))
     ref = varlen_attention_reference(*qkv.unbind(1), cu, bias, softmax_scale=0.25)
     torch.testing.assert_close(out[0].cpu().double(), ref, **TOL[torch.float32])
+    # without key_bias, the compact key mask hides keys with -inf
+    visible = torch.isfinite(bias) & (bias == 0)
+    mask = key_only_mask(batch_size=1, q_length=45, kv_length=45, attention_mask=visible[None].to(DEVICE))
+    out_mask, _ = astromer_varlen_attention_forward(torch.nn.Module(), q, k, v, mask, scaling=0.25,
+                                                    cu_seq_lens_q=cu.to(DEVICE), max_length_q=33)
+    ref_mask = varlen_attention_reference(*qkv.unbind(1), cu, torch.zeros(45).masked_fill(~visible, float("-inf"))
+                                          .double(), softmax_scale=0.25)
+    torch.testing.assert_close(out_mask[0].cpu().double(), ref_mask, **TOL[torch.float32])
 
 
 def test_hf_rejects_query_dependent_masks():
-    from astromer_kernels.hf_attention import astromer_varlen_attention_forward
-
     q = torch.randn(1, 1, 4, 16)
     mask = torch.ones(1, 1, 4, 4, dtype=torch.bool)
     mask[0, 0, 1, 2] = False
-    with pytest.raises(ValueError, match="key-only"):
+    with pytest.raises(ValueError, match="key-only.*attn_implementation='eager' or 'sdpa'"):
         astromer_varlen_attention_forward(torch.nn.Module(), q, q, q, mask)
+    additive = torch.zeros(1, 1, 4, 4)
+    additive[..., 2] = 1.0  # a bias that is neither 0 nor very negative
+    with pytest.raises(ValueError, match="additive masks must be 0.*attn_implementation='eager' or 'sdpa'"):
+        astromer_varlen_attention_forward(torch.nn.Module(), q, q, q, additive)
+
+
+def test_hf_packed_mode_rejects_dense_masks():
+    q = torch.randn(1, 1, 6, 16)
+    cu = torch.tensor([0, 2, 6], dtype=torch.int32)
+    with pytest.raises(ValueError, match="packed inputs take a key mask"):
+        astromer_varlen_attention_forward(torch.nn.Module(), q, q, q, torch.ones(1, 1, 6, 6, dtype=torch.bool),
+                                          cu_seq_lens_q=cu, max_length_q=4)
 
 
 def test_register_adds_attention_and_mask_interfaces():
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    from astromer_kernels.hf_attention import astromer_varlen_attention_forward, register_astromer_varlen
-
-    register_astromer_varlen()
+    register_attention_implementations()
     assert AttentionInterface._global_mapping["astromer_varlen"] is astromer_varlen_attention_forward
-    assert AttentionMaskInterface._global_mapping["astromer_varlen"] is sdpa_mask
+    assert AttentionMaskInterface._global_mapping["astromer_varlen"] is key_only_mask
 
 
 # --------------------------------------------------------------------------------------------- GPU only

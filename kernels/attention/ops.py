@@ -1,12 +1,23 @@
-"""``torch.library`` custom ops around the Triton varlen-attention kernels, plus dispatch and the SDPA fallback.
+"""``torch.library`` custom ops around the Triton varlen-attention kernels, plus dispatch and its fallbacks.
 
 Public entry point: :func:`varlen_attention`. Dispatch:
 
 * CUDA tensors (fp16/bf16/fp32) and a working Triton -> the compiled kernels (autotuned);
-* ``TRITON_INTERPRET=1`` and CPU tensors -> the same kernels under Triton's interpreter (CI, fp64 for gradcheck);
-* other CPU tensors -> :func:`~astromer_kernels.attention.blocked.blocked_varlen_attention` (length-sorted groups,
-  each padded to its own longest sequence, attention by batched GEMMs);
-* anything else (e.g. CUDA without Triton) -> :func:`~astromer_kernels.attention.reference.varlen_attention_padded_sdpa`.
+* ``TRITON_INTERPRET=1`` and CPU tensors (fp16/bf16/fp32/fp64) -> the same kernels under Triton's interpreter (tests,
+  fp64 for gradcheck);
+* where the kernel cannot run, a fallback that computes the same attention, announced by an
+  :class:`AttentionFallbackWarning` (once per process for each device type and dtype) that names the kernel asked
+  for, why it cannot run, and the code that runs instead:
+
+  - other CPU tensors -> :func:`~astromer_kernels.attention.blocked.blocked_varlen_attention`, the blocked GEMM
+    attention that ``attn_implementation="astromer_blocked"`` runs (length-sorted groups, each padded to its own
+    longest sequence); on a CPU it is the faster choice anyway, so ask for ``astromer_blocked`` to silence the warning;
+  - anything else (CUDA without Triton, fp64 on CUDA, CUDA tensors under the interpreter, other devices) ->
+    :func:`~astromer_kernels.attention.reference.varlen_attention_padded_sdpa` (windows padded to ``max_seqlen``,
+    then ``scaled_dot_product_attention``).
+
+Triton is imported when a kernel is first needed (:func:`~astromer_kernels.attention.triton_varlen.load`), never by
+importing this module.
 
 Ops: ``astromer::varlen_attn_fwd(q, k, v, cu_seqlens, max_seqlen, key_bias, softmax_scale) -> (o, lse)`` and
 ``astromer::varlen_attn_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, key_bias, softmax_scale) -> (dq, dk, dv)``,
@@ -19,39 +30,75 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import torch
 
+from . import triton_varlen
 from .blocked import blocked_varlen_attention
 from .reference import varlen_attention_padded_sdpa
 
-try:
-    import triton
-
-    from . import triton_varlen as _tk
-
-    HAS_TRITON = True
-except ImportError:  # triton is optional (the `triton` extra)
-    triton = None  # type: ignore[assignment]
-    _tk = None  # type: ignore[assignment]
-    HAS_TRITON = False
-
-INTERPRETING: bool = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+INTERPRETING: bool = triton_varlen.INTERPRETING
 
 #: Block sizes used when the kernels are not autotuned (interpreter). Tests may shrink them to exercise
 #: multi-block paths on short sequences; 64 balances interpreter speed and coverage.
 UNTUNED_CONFIG: dict[str, int] = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK": 64}
 
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_INTERPRETER_DTYPES = (*_KERNEL_DTYPES, torch.float64)
+
+
+class AttentionFallbackWarning(UserWarning):
+    """The Triton varlen kernel cannot run on these tensors; another implementation of the same attention runs."""
 
 
 def kernel_available(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether :func:`varlen_attention` runs the Triton kernels (compiled or interpreted) for this device/dtype."""
-    if not HAS_TRITON:
-        return False
+    """Whether :func:`varlen_attention` runs the Triton kernels (compiled or interpreted) for this device/dtype.
+
+    Imports Triton the first time it is asked about a device/dtype the kernels support."""
     if INTERPRETING:
-        return device.type == "cpu" and dtype in (*_KERNEL_DTYPES, torch.float64)
-    return device.type == "cuda" and dtype in _KERNEL_DTYPES
+        supported = device.type == "cpu" and dtype in _INTERPRETER_DTYPES
+    else:
+        supported = device.type == "cuda" and dtype in _KERNEL_DTYPES
+    return supported and triton_varlen.load() is not None
+
+
+def _why_no_kernel(device: torch.device, dtype: torch.dtype) -> str:
+    if (device.type == "cuda" or INTERPRETING) and triton_varlen.load() is None:
+        return "Triton is not installed (pip install 'astromer-hf[triton]')"
+    if device.type == "cpu":
+        return "on a CPU it runs only under TRITON_INTERPRET=1, for tests"
+    if INTERPRETING:
+        return "TRITON_INTERPRET=1 runs it on CPU tensors only"
+    if device.type == "cuda":
+        return f"it supports fp16, bf16 and fp32, not {dtype}"
+    return f"it needs a CUDA device, not {device.type}"
+
+
+#: (device type, dtype) pairs whose fallback has been announced.
+_ANNOUNCED_FALLBACKS: set[tuple[str, torch.dtype]] = set()
+
+
+def _announce_fallback(device: torch.device, dtype: torch.dtype) -> None:
+    """Warn once per process and (device type, dtype) that the Triton kernel was asked for and what runs instead
+    (in eager mode: a compiled graph runs the fallback without a warning of its own)."""
+    if torch.compiler.is_compiling():
+        return
+    key = (device.type, dtype)
+    if key in _ANNOUNCED_FALLBACKS:
+        return
+    _ANNOUNCED_FALLBACKS.add(key)
+    if device.type == "cpu":
+        instead = "blocked GEMM attention instead, what attn_implementation='astromer_blocked' runs (ask for it to " \
+                  "silence this warning)"
+    else:
+        instead = "padded SDPA attention instead (windows padded to max_seqlen)"
+    warnings.warn(
+        f"astromer_varlen: the Triton varlen kernel cannot run on {device.type} {dtype} tensors "
+        f"({_why_no_kernel(device, dtype)}); running {instead}",
+        AttentionFallbackWarning,
+        stacklevel=3,
+    )
 
 
 def _next_pow2(x: int, minimum: int) -> int:
@@ -65,8 +112,12 @@ def _input_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
 
 
-def _acc_dtype(dtype: torch.dtype):
-    return _tk.tl.float64 if dtype == torch.float64 else _tk.tl.float32
+def _acc_dtype(kernels: triton_varlen.TritonKernels, dtype: torch.dtype):
+    return kernels.float64 if dtype == torch.float64 else kernels.float32
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -88,7 +139,7 @@ def _interpreter_upcast(*tensors: torch.Tensor | None) -> list[torch.Tensor | No
 _TUNED: dict[tuple, dict] = {}
 
 
-def _pick_config(kind: str, key: tuple, configs: list[dict], launch) -> dict:
+def _pick_config(kind: str, key: tuple, configs: list[dict], launch, autotune: bool) -> dict:
     """Benchmark ``configs`` once per ``key`` on the real arguments (CUDA only) and cache the fastest.
 
     A hand-rolled cache instead of ``triton.autotune``: after the first call a launch is a plain ``kernel[grid]``
@@ -98,7 +149,7 @@ def _pick_config(kind: str, key: tuple, configs: list[dict], launch) -> dict:
     best = _TUNED.get(cache_key)
     if best is not None:
         return best
-    if not _tk.AUTOTUNE or len(configs) == 1 or os.environ.get("ASTROMER_KERNELS_AUTOTUNE", "1") == "0":
+    if not autotune or len(configs) == 1 or os.environ.get("ASTROMER_KERNELS_AUTOTUNE", "1") == "0":
         best = configs[0]  # tuning off (e.g. in tests: every new shape bucket would cost 8 compilations)
     else:
         from triton.testing import do_bench
@@ -117,6 +168,7 @@ def _pick_config(kind: str, key: tuple, configs: list[dict], launch) -> dict:
 
 
 def _launch_fwd(q, k, v, cu_seqlens, max_seqlen, key_bias, scale):
+    kernels = triton_varlen.load()
     total, heads, head_dim = q.shape
     num_seq = cu_seqlens.numel() - 1
     o = torch.empty((total, heads, v.shape[-1]), dtype=q.dtype, device=q.device)
@@ -130,26 +182,27 @@ def _launch_fwd(q, k, v, cu_seqlens, max_seqlen, key_bias, scale):
     meta = dict(
         HAS_BIAS=key_bias is not None,
         BLOCK_D=_next_pow2(head_dim, 16),
-        ACC=_acc_dtype(q.dtype),
+        ACC=_acc_dtype(kernels, q.dtype),
         INPUT_PRECISION=_input_precision(q.dtype),
     )
 
     def launch(cfg):
-        grid = (triton.cdiv(max_seqlen, cfg["BLOCK_M"]), num_seq * heads)
-        _tk.varlen_fwd_kernel[grid](
+        grid = (_cdiv(max_seqlen, cfg["BLOCK_M"]), num_seq * heads)
+        kernels.fwd[grid](
             q, k, v, o, lse, bias, cu_seqlens,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1),
-            lse.stride(0), heads, head_dim, scale * _tk.LOG2E,
+            lse.stride(0), heads, head_dim, scale * triton_varlen.LOG2E,
             **meta, **cfg,
         )
 
-    configs = _tk.FWD_CONFIGS if _tk.AUTOTUNE else [dict(BLOCK_M=UNTUNED_CONFIG["BLOCK_M"],
-                                                          BLOCK_N=UNTUNED_CONFIG["BLOCK_N"])]
-    launch(_pick_config("fwd", (q.dtype, head_dim, bucket, *meta.values()), configs, launch))
+    configs = triton_varlen.FWD_CONFIGS if kernels.autotune else [dict(BLOCK_M=UNTUNED_CONFIG["BLOCK_M"],
+                                                                       BLOCK_N=UNTUNED_CONFIG["BLOCK_N"])]
+    launch(_pick_config("fwd", (q.dtype, head_dim, bucket, *meta.values()), configs, launch, kernels.autotune))
     return o, lse
 
 
 def _launch_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, key_bias, scale):
+    kernels = triton_varlen.load()
     total, heads, head_dim = q.shape
     num_seq = cu_seqlens.numel() - 1
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -159,10 +212,10 @@ def _launch_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, key_bias, scale):
         return dq.zero_(), dk.zero_(), dv.zero_()
     do, q, k, v, o = (_unit_last_stride(t) for t in (do, q, k, v, o))
     block_d = _next_pow2(head_dim, 16)
-    acc = _acc_dtype(q.dtype)
+    acc = _acc_dtype(kernels, q.dtype)
     delta = torch.empty((heads, total), dtype=_stats_dtype(q.dtype), device=q.device)
     block_t = 64
-    _tk.varlen_bwd_preprocess_kernel[(triton.cdiv(total, block_t), heads)](
+    kernels.bwd_preprocess[(_cdiv(total, block_t), heads)](
         o, do, delta, o.stride(0), o.stride(1), do.stride(0), do.stride(1), delta.stride(0),
         total, head_dim, BLOCK_T=block_t, BLOCK_D=block_d, ACC=acc,
     )
@@ -176,17 +229,17 @@ def _launch_bwd(do, q, k, v, o, lse, cu_seqlens, max_seqlen, key_bias, scale):
     )
 
     def launch(cfg):
-        grid = (triton.cdiv(max_seqlen, cfg["BLOCK"]), num_seq * heads)
-        _tk.varlen_bwd_kernel[grid](
+        grid = (_cdiv(max_seqlen, cfg["BLOCK"]), num_seq * heads)
+        kernels.bwd[grid](
             q, k, v, do, lse, delta, bias, cu_seqlens, dq, dk, dv,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0),
             do.stride(1), dq.stride(0), dq.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
-            lse.stride(0), heads, head_dim, scale, scale * _tk.LOG2E,
+            lse.stride(0), heads, head_dim, scale, scale * triton_varlen.LOG2E,
             **meta, **cfg,
         )
 
-    configs = _tk.BWD_CONFIGS if _tk.AUTOTUNE else [dict(BLOCK=UNTUNED_CONFIG["BLOCK"])]
-    launch(_pick_config("bwd", (q.dtype, head_dim, bucket, *meta.values()), configs, launch))
+    configs = triton_varlen.BWD_CONFIGS if kernels.autotune else [dict(BLOCK=UNTUNED_CONFIG["BLOCK"])]
+    launch(_pick_config("bwd", (q.dtype, head_dim, bucket, *meta.values()), configs, launch, kernels.autotune))
     return dq, dk, dv
 
 
@@ -194,7 +247,7 @@ def _require_kernel(q: torch.Tensor) -> None:
     if not kernel_available(q.device, q.dtype):
         raise RuntimeError(
             f"astromer::varlen_attn ops need Triton with a CUDA tensor (fp16/bf16/fp32) or TRITON_INTERPRET=1 with a "
-            f"CPU tensor; got device={q.device}, dtype={q.dtype}, triton installed={HAS_TRITON}. "
+            f"CPU tensor; got device={q.device}, dtype={q.dtype}: {_why_no_kernel(q.device, q.dtype)}. "
             "Use astromer_kernels.varlen_attention, which falls back to blocked attention (CPU) or padded SDPA."
         )
 
@@ -355,6 +408,11 @@ def varlen_attention(
     Returns:
         ``(T, H, D)`` in the dtype of ``q``. A query row whose sequence has no visible key (every key ``-inf``)
         yields 0 and zero gradients. Differentiable in q, k, v; the backward is deterministic (no atomics).
+
+    Runs the Triton kernel where it can (see :func:`kernel_available`); elsewhere a fallback computes the same
+    attention after one :class:`AttentionFallbackWarning` per process and (device type, dtype): blocked GEMM
+    attention on a CPU, padded SDPA on other devices (the module docstring lists the cases). The raw custom ops
+    (``torch.ops.astromer.varlen_attn_fwd``/``_bwd``) have no fallback: they raise a ``RuntimeError`` that says why.
     """
     _validate(q, k, v, cu_seqlens, max_seqlen, key_bias)
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
@@ -363,6 +421,7 @@ def varlen_attention(
             o, _ = varlen_attn_fwd(q, k, v, cu_seqlens, max_seqlen, key_bias, scale)
             return o
         return _VarlenAttention.apply(q, k, v, cu_seqlens, max_seqlen, key_bias, scale)
+    _announce_fallback(q.device, q.dtype)
     if q.device.type == "cpu":
         return blocked_varlen_attention(q, k, v, cu_seqlens, max_seqlen, key_bias, scale)
     return varlen_attention_padded_sdpa(q, k, v, cu_seqlens, max_seqlen, key_bias, scale)

@@ -12,7 +12,9 @@ Layout conventions (all kernels):
 Scores are computed in the log2 domain (``exp2``), accumulation is fp32 (``ACC`` = fp64 only for the fp64
 interpreter path used by ``gradcheck``). Rows with no visible key produce ``o = 0`` and zero gradients.
 
-This module holds ``@triton.jit`` code only. It never touches the driver at import time; configurations are tuned
+Triton is an optional dependency, so importing this module does not import it: the kernels are plain functions that
+:func:`load` compiles with ``triton.jit`` the first time a Triton kernel is needed (it also binds ``tl``, the
+``triton.language`` module their bodies use). Nothing touches the driver before that; configurations are tuned
 (``ops._pick_config``) only when a CUDA device is present and the interpreter is off (``triton.autotune`` under the
 interpreter raises "0 active drivers").
 """
@@ -20,18 +22,18 @@ interpreter raises "0 active drivers").
 from __future__ import annotations
 
 import os
+from typing import Any, NamedTuple
 
 import torch
-import triton
-import triton.language as tl
 
 INTERPRETING: bool = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-AUTOTUNE: bool = (not INTERPRETING) and torch.cuda.is_available()
 
 LOG2E = 1.4426950408889634
 
+#: ``triton.language``, bound by :func:`load`; the kernel bodies below look it up when Triton compiles them.
+tl: Any = None
 
-@triton.jit
+
 def varlen_fwd_kernel_entry(
     Q, K, V, O, LSE, KEY_BIAS, CU_SEQLENS,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
@@ -94,7 +96,6 @@ def varlen_fwd_kernel_entry(
     tl.store(LSE + head * stride_lse_h + seq_start + offs_m, lse.to(LSE.dtype.element_ty), mask=mask_m)
 
 
-@triton.jit
 def varlen_bwd_preprocess_kernel(
     O, DO, DELTA, stride_ot, stride_oh, stride_dot, stride_doh, stride_delta_h,
     total_tokens, head_dim,
@@ -113,7 +114,6 @@ def varlen_bwd_preprocess_kernel(
              mask=offs_t < total_tokens)
 
 
-@triton.jit
 def varlen_bwd_kernel_entry(
     Q, K, V, DO, LSE, DELTA, KEY_BIAS, CU_SEQLENS, DQ, DK, DV,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
@@ -219,5 +219,38 @@ BWD_CONFIGS: list[dict] = [
     dict(BLOCK=128, num_warps=8, num_stages=1),
 ]
 
-varlen_fwd_kernel = varlen_fwd_kernel_entry
-varlen_bwd_kernel = varlen_bwd_kernel_entry
+class TritonKernels(NamedTuple):
+    """The compiled (``triton.jit``) kernels and what launching them needs."""
+
+    fwd: Any
+    bwd_preprocess: Any
+    bwd: Any
+    float32: Any  # tl.float32 and tl.float64, the ACC argument of the kernels
+    float64: Any
+    #: whether launch configurations are benchmarked (a CUDA device and no interpreter)
+    autotune: bool
+
+
+_kernels: TritonKernels | None = None
+_import_error: ImportError | None = None
+
+
+def load() -> TritonKernels | None:
+    """The kernels compiled with ``triton.jit``, importing Triton on the first call; ``None`` without Triton."""
+    global tl, _kernels, _import_error
+    if _kernels is None and _import_error is None:
+        try:
+            import triton
+            import triton.language as tl
+        except ImportError as error:  # triton is optional (the `triton` extra)
+            _import_error = error
+            return None
+        _kernels = TritonKernels(
+            fwd=triton.jit(varlen_fwd_kernel_entry),
+            bwd_preprocess=triton.jit(varlen_bwd_preprocess_kernel),
+            bwd=triton.jit(varlen_bwd_kernel_entry),
+            float32=tl.float32,
+            float64=tl.float64,
+            autotune=(not INTERPRETING) and torch.cuda.is_available(),
+        )
+    return _kernels

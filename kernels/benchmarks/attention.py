@@ -2,7 +2,7 @@
 
 Run (GPU only): ``PYTHONUNBUFFERED=1 python kernels/benchmarks/attention.py --out $OUT/attn.json``.
 
-Providers (design doc varlen_attention.md §9): eager padded, SDPA padded (default / EFFICIENT / CUDNN), SDPA on
+Providers: eager padded, SDPA padded (default / EFFICIENT / CUDNN), SDPA on
 jagged NJT, ``torch.nn.attention.varlen.varlen_attn`` (FA2 varlen), compiled FlexAttention with a document mask, ours.
 Every provider passes a correctness gate (bf16 vs an fp32 reference on the valid rows, rel. L2 < 1e-2) on fresh
 random inputs before it is timed. Times are medians of ``triton.testing.do_bench`` over 4 rotated input sets; each
@@ -22,8 +22,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from astromer_kernels import varlen_attention
+from modeling_astromer import AstromerConfig, AstromerForMaskedReconstruction, AstromerMaskingCollator
+from modeling_astromer.packing import AstromerPackingCollator
+
 HEADS, HEAD_DIM, MAX_LEN = 4, 64, 200
-BYTES_PER_S = 3.0e12  # measured device-to-device copy on the project's H100 (KINDS.md)
+BYTES_PER_S = 3.0e12  # measured device-to-device copy on the project's H100
 FLOP_PER_S = 798e12  # measured bf16 GEMM on the project's H100
 MODE_FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}
 MODE_BYTE_UNITS = {"fwd": 4, "bwd": 8, "fwd+bwd": 12}  # (T,H,D) tensors read+written at minimum
@@ -31,7 +35,8 @@ N_SETS = 4
 
 
 def window_lengths(mix: str, n: int, gen: torch.Generator) -> list[int]:
-    """Window lengths for one of the design doc's mixes."""
+    """Window lengths of a mix: all 200, 60 % full windows and 40 % short ones, uniform in [20, 200], or
+    lognormal around 80 (clamped to [5, 200])."""
     if mix == "all200":
         return [MAX_LEN] * n
     if mix == "60/40":
@@ -165,8 +170,6 @@ def flex_doc(x: Inputs, grad: bool):
 
 
 def ours(x: Inputs, grad: bool):
-    from astromer_kernels import varlen_attention
-
     q, k, v = (t.requires_grad_(grad) for t in (x.q, x.k, x.v))
     o = varlen_attention(q, k, v, x.cu, MAX_LEN, key_bias=x.key_bias)
     return o, (q, k, v), x.do
@@ -312,12 +315,7 @@ def attention_suite(device, cases: list[Case], modes: list[str], deadline: float
 # --------------------------------------------------------------------------------------------------------- model step
 def model_step_suite(device, mixes: list[str], n_windows: int, deadline: float) -> list[dict]:
     """Full 6-layer A2 training step (fwd + bwd + AdamW): sdpa padded vs astromer_varlen packed."""
-    from transformers import AutoConfig  # noqa: F401  (fail early if transformers is too old)
     from triton.testing import do_bench
-
-    import modeling_astromer  # noqa: F401  registers astromer_varlen
-    from modeling_astromer import AstromerConfig, AstromerForMaskedReconstruction, AstromerMaskingCollator
-    from modeling_astromer.packing import AstromerPackingCollator
 
     rows = []
     for mix in mixes:

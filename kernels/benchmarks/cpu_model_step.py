@@ -4,8 +4,9 @@ Run: ``PYTHONPATH=. python kernels/benchmarks/cpu_model_step.py [--precision bf1
 importable). Four runs per length mix, all in the same process:
 
 * padded ``(B, 200)`` batches with ``attn_implementation="sdpa"`` (the baseline of the ratios) and ``"astromer_blocked"``;
-* packed ``(1, T)`` tokens with ``"astromer_varlen"`` (without a GPU, and without ``TRITON_INTERPRET``, its attention
-  falls back to the blocked varlen path on CPU) and ``"astromer_blocked"``.
+* packed ``(1, T)`` tokens with ``"astromer_varlen"`` (on a CPU without ``TRITON_INTERPRET`` the Triton kernel cannot
+  run: its documented fallback, the blocked attention of ``"astromer_blocked"``, runs after one
+  ``AttentionFallbackWarning``) and ``"astromer_blocked"``.
 
 ``--precision bf16`` runs the step under bf16 autocast. Like the CLI, it first lets glibc keep freed memory
 (:mod:`astromer_kernels.allocator`); ``--default-allocator`` measures without that.
@@ -25,6 +26,7 @@ import torch
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     sys.exit("unset TRITON_INTERPRET: the interpreter is for tests, not timing")
 
+from astromer_kernels.allocator import keep_freed_memory  # noqa: E402
 from modeling_astromer import AstromerConfig, AstromerForMaskedReconstruction, AstromerMaskingCollator  # noqa: E402
 from modeling_astromer.packing import AstromerPackingCollator  # noqa: E402
 
@@ -83,12 +85,8 @@ def main() -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--default-allocator", action="store_true", help="leave glibc malloc at its defaults")
     args = parser.parse_args()
-    from astromer_kernels.allocator import keep_freed_memory
-
     allocator = "allocator unchanged (--default-allocator)" if args.default_allocator else keep_freed_memory()
     torch.set_num_threads(args.threads)
-    import modeling_astromer  # noqa: F401  registers astromer_varlen
-
     runs = (("padded", "sdpa"), ("padded", "astromer_blocked"), ("packed", "astromer_varlen"),
             ("packed", "astromer_blocked"))
     print(f"torch {torch.__version__}, {args.threads} threads, B={args.windows} windows, A2 (6 layers, d=256), "
