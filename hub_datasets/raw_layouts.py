@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hub_datasets.atomic import staging_folder
 from hub_datasets.tfrecord import (
     decode_sequence_example,
     encode_sequence_example,
@@ -389,17 +387,9 @@ class StoredCurve:
     band: str = "R"
 
 
-def _atomic_folder(root: Path, overwrite: bool) -> Path:
+def _refuse_non_empty(root: Path, overwrite: bool) -> None:
     if root.exists() and any(root.iterdir()) and not overwrite:
         raise FileExistsError(f"{root} exists and is not empty; pass overwrite=True to replace it")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-
-
-def _publish_folder(tmp: Path, root: Path) -> None:
-    if root.exists():
-        shutil.rmtree(root)
-    os.replace(tmp, root)
 
 
 def _format_float(value: float) -> str:
@@ -412,22 +402,22 @@ def write_raw_layout(
     """Write ``metadata.csv`` + ``LCs/<ID>.dat``; ``style`` ``"csv"`` (Alcock: header ``mjd,mag,errmag``) or
     ``"whitespace"`` (ATLAS-like: one header row). Values are written with ``repr`` (exact float64 round trip)."""
     root = Path(root)
-    tmp = _atomic_folder(root, overwrite)
-    (tmp / "LCs").mkdir()
-    rows = []
-    sep = "," if style == "csv" else " "
-    for curve in curves:
-        lines = [sep.join(("mjd", "mag", "errmag"))]
-        lines += [
-            sep.join(map(_format_float, triple))
-            for triple in zip(curve.time.tolist(), curve.mag.tolist(), curve.err.tolist())
-        ]
-        (tmp / "LCs" / f"{curve.id}.dat").write_text("\n".join(lines) + "\n")
-        rows.append(
-            {"ID": curve.id, "Class": curve.raw_class, "Band": curve.band, "Path_R": f"{curve.id}.dat"}
-        )
-    pd.DataFrame(rows, columns=["ID", "Class", "Band", "Path_R"]).to_csv(tmp / "metadata.csv", index=False)
-    _publish_folder(tmp, root)
+    _refuse_non_empty(root, overwrite)
+    with staging_folder(root) as tmp:
+        (tmp / "LCs").mkdir()
+        rows = []
+        sep = "," if style == "csv" else " "
+        for curve in curves:
+            lines = [sep.join(("mjd", "mag", "errmag"))]
+            lines += [
+                sep.join(map(_format_float, triple))
+                for triple in zip(curve.time.tolist(), curve.mag.tolist(), curve.err.tolist())
+            ]
+            (tmp / "LCs" / f"{curve.id}.dat").write_text("\n".join(lines) + "\n")
+            rows.append(
+                {"ID": curve.id, "Class": curve.raw_class, "Band": curve.band, "Path_R": f"{curve.id}.dat"}
+            )
+        pd.DataFrame(rows, columns=["ID", "Class", "Band", "Path_R"]).to_csv(tmp / "metadata.csv", index=False)
     return root
 
 
@@ -442,37 +432,37 @@ def write_parquet_layout(
     does (long format, ``objects_per_shard`` objects per shard; ``Label`` = alphabetical code of ``Class``)."""
     root = Path(root)
     curves = list(curves)
-    tmp = _atomic_folder(root, overwrite)
-    (tmp / "light_curves").mkdir()
-    classes = sorted({c.raw_class for c in curves})
-    meta = pd.DataFrame(
-        {
-            "newID": np.arange(len(curves), dtype=np.int64),
-            "ID": [c.id for c in curves],
-            "Class": [c.raw_class for c in curves],
-            "Label": [classes.index(c.raw_class) for c in curves],
-            "Band": [c.band for c in curves],
-            "shard": np.arange(len(curves)) // objects_per_shard,
-            "N": [len(c.time) for c in curves],
-            "Path": [f"LCs/{c.id}.dat" for c in curves],
-        }
-    )
-    for fold, values in (subsets or {}).items():
-        meta[f"subset_{fold}"] = list(values)
-    meta.to_parquet(tmp / "metadata.parquet", index=False)
-    for shard in range(int(meta["shard"].max()) + 1 if len(curves) else 0):
-        members = range(shard * objects_per_shard, min((shard + 1) * objects_per_shard, len(curves)))
-        lengths = [len(curves[i].time) for i in members]
-        table = pa.table(
+    _refuse_non_empty(root, overwrite)
+    with staging_folder(root) as tmp:
+        (tmp / "light_curves").mkdir()
+        classes = sorted({c.raw_class for c in curves})
+        meta = pd.DataFrame(
             {
-                "newID": np.repeat(np.asarray(list(members), dtype=np.int64), lengths),
-                "mjd": np.concatenate([curves[i].time for i in members]).astype(np.float64),
-                "mag": np.concatenate([curves[i].mag for i in members]).astype(np.float64),
-                "errmag": np.concatenate([curves[i].err for i in members]).astype(np.float64),
+                "newID": np.arange(len(curves), dtype=np.int64),
+                "ID": [c.id for c in curves],
+                "Class": [c.raw_class for c in curves],
+                "Label": [classes.index(c.raw_class) for c in curves],
+                "Band": [c.band for c in curves],
+                "shard": np.arange(len(curves)) // objects_per_shard,
+                "N": [len(c.time) for c in curves],
+                "Path": [f"LCs/{c.id}.dat" for c in curves],
             }
         )
-        pq.write_table(table, tmp / "light_curves" / f"shard_{shard:03d}.parquet")
-    _publish_folder(tmp, root)
+        for fold, values in (subsets or {}).items():
+            meta[f"subset_{fold}"] = list(values)
+        meta.to_parquet(tmp / "metadata.parquet", index=False)
+        for shard in range(int(meta["shard"].max()) + 1 if len(curves) else 0):
+            members = range(shard * objects_per_shard, min((shard + 1) * objects_per_shard, len(curves)))
+            lengths = [len(curves[i].time) for i in members]
+            table = pa.table(
+                {
+                    "newID": np.repeat(np.asarray(list(members), dtype=np.int64), lengths),
+                    "mjd": np.concatenate([curves[i].time for i in members]).astype(np.float64),
+                    "mag": np.concatenate([curves[i].mag for i in members]).astype(np.float64),
+                    "errmag": np.concatenate([curves[i].err for i in members]).astype(np.float64),
+                }
+            )
+            pq.write_table(table, tmp / "light_curves" / f"shard_{shard:03d}.parquet")
     return root
 
 
@@ -487,28 +477,28 @@ def write_tfrecord_layout(
     Feature per sequence; context ``ID, Class, Label, Band, shard``)."""
     root = Path(root)
     curves = list(curves)
-    tmp = _atomic_folder(root, overwrite)
-    folder = tmp / split if split else tmp
-    folder.mkdir(parents=True, exist_ok=True)
-    classes = sorted({c.raw_class for c in curves})
-    for shard, start in enumerate(range(0, len(curves), records_per_file)):
-        payloads = [
-            encode_sequence_example(
-                {
-                    "ID": c.id,
-                    "Class": c.raw_class,
-                    "Label": np.int64(classes.index(c.raw_class)),
-                    "Band": c.band,
-                    "shard": np.int64(shard),
-                },
-                {
-                    "mjd": [np.asarray(c.time, np.float32)],
-                    "mag": [np.asarray(c.mag, np.float32)],
-                    "errmag": [np.asarray(c.err, np.float32)],
-                },
-            )
-            for c in curves[start : start + records_per_file]
-        ]
-        write_tfrecord(folder / f"chunk_{shard:03d}.record", payloads)
-    _publish_folder(tmp, root)
+    _refuse_non_empty(root, overwrite)
+    with staging_folder(root) as tmp:
+        folder = tmp / split if split else tmp
+        folder.mkdir(parents=True, exist_ok=True)
+        classes = sorted({c.raw_class for c in curves})
+        for shard, start in enumerate(range(0, len(curves), records_per_file)):
+            payloads = [
+                encode_sequence_example(
+                    {
+                        "ID": c.id,
+                        "Class": c.raw_class,
+                        "Label": np.int64(classes.index(c.raw_class)),
+                        "Band": c.band,
+                        "shard": np.int64(shard),
+                    },
+                    {
+                        "mjd": [np.asarray(c.time, np.float32)],
+                        "mag": [np.asarray(c.mag, np.float32)],
+                        "errmag": [np.asarray(c.err, np.float32)],
+                    },
+                )
+                for c in curves[start : start + records_per_file]
+            ]
+            write_tfrecord(folder / f"chunk_{shard:03d}.record", payloads)
     return root
