@@ -37,6 +37,7 @@ __all__ = [
     "check_windows",
     "pytorch_outputs",
     "random_windows",
+    "synthetic_curves",
 ]
 
 #: How many times PyTorch float32's own error an export may differ from PyTorch by.
@@ -82,7 +83,7 @@ def random_windows(n: int, window_size: int, seed: int = CHECK_SEED) -> CheckWin
     return CheckWindows(outputs[0], outputs[1], observed.astype(np.int64), {"random windows": n})
 
 
-def _synthetic_curves(n: int, seed: int = CHECK_SEED) -> list[np.ndarray]:
+def synthetic_curves(n: int, seed: int = CHECK_SEED) -> list[np.ndarray]:
     """`n` seeded synthetic MACHO-like light curves, `(L, 3)` time/mag/err each."""
     table = generate_arrays(n, "macho", seed).to_pydict()
     return [np.column_stack([t, m, e]) for t, m, e in zip(table["time"], table["mag"], table["err"])]
@@ -93,7 +94,7 @@ def check_windows(
 ) -> CheckWindows:
     """The windows of `curves` (default: synthetic MACHO-like curves), at most 64, then the random windows."""
     if curves is None:
-        curves, origin = _synthetic_curves(N_SYNTHETIC_CURVES), "synthetic MACHO-like light-curve windows"
+        curves, origin = synthetic_curves(N_SYNTHETIC_CURVES), "synthetic MACHO-like light-curve windows"
     else:
         origin = "light-curve windows"
     features = extractor(list(curves), return_tensors="np")

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -41,6 +44,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 onnxruntime = pytest.importorskip("onnxruntime")
 
+REPO = Path(__file__).resolve().parents[1]
 ALL_OUTPUTS = ("mean", "max", "sequence", "skip")
 A1 = "astromer1-macho"
 N_SDSS_CURVES = 24
@@ -356,3 +360,24 @@ def test_python_errors_are_input_errors(tmp_path):
         export_onnx(A1, tmp_path / "x.onnx", convention="keras")
     with pytest.raises(InputError, match="cannot be exported"):
         export_onnx(A1, tmp_path / "x.onnx", attn_implementation="astromer_blocked")
+
+
+def test_benchmark_script_reports_every_row(tmp_path):
+    folder = _tiny_folder(tmp_path / "tiny")
+    report_path = tmp_path / "bench.json"
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    result = subprocess.run(  # noqa: PLW1510 (the return code is asserted)
+        [sys.executable, str(REPO / "astromer_app" / "benchmarks" / "onnx_inference.py"), "--batch-size", "3",
+         "--repeats", "1", "--model", str(folder), "--json", str(report_path)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    rows = {row["row"]: row for row in report["rows"]}
+    assert list(rows) == ["onnxruntime fp32", "torch sdpa fp32", "torch sdpa bf16",
+                          "torch astromer_blocked + oneDNN linears bf16"]
+    assert rows["onnxruntime fp32"]["ratio_to_onnxruntime"] == 1.0
+    assert all(row["windows_per_s"] > 0 for row in rows.values())
+    assert rows["onnxruntime fp32"]["max_abs_diff_vs_torch_sdpa_fp32"] < 1e-5
+    assert 0 < rows["torch sdpa bf16"]["max_abs_diff_vs_torch_sdpa_fp32"] < 0.1
+    assert "load average" in result.stdout and "| onnxruntime fp32 |" in result.stdout
