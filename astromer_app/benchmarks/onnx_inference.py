@@ -19,6 +19,10 @@ output lists the host (name, CPU model, AMX / AVX-512 bf16 flags), the load aver
 windows/s of each row (median over ``--repeats`` rounds, with the range), its ratio to ONNX Runtime, and its max
 |Δ| against ``torch sdpa fp32`` on the same batch.
 
+On a machine busy with other processes, PyTorch's OpenMP threads spin while they wait for each other by default, and
+a descheduled thread stalls the other: ``OMP_WAIT_POLICY=PASSIVE`` (set before Python starts) lets them sleep instead.
+ONNX Runtime's own thread pool is not affected. The policy in force is printed.
+
     python astromer_app/benchmarks/onnx_inference.py [--batch-size 128] [--repeats 5] [--threads 2]
                                                      [--model astromer1-macho] [--json out.json]
 """
@@ -188,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average (1, 5, 15 min) before {', '.join(f'{x:.2f}' for x in load_before)}; after "
           f"{', '.join(f'{x:.2f}' for x in load_after)}")
     print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {args.threads} threads per row, "
-          f"{allocator}")
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, {allocator}")
     print(f"model: {model_name}; batch {args.batch_size} windows x {config.window_size} ({fill:.1%} real "
           f"observations); output: masked mean of the last block; median of {args.repeats} round-robin rounds")
     print("| path | windows/s | range | x ONNX Runtime | max abs diff vs torch sdpa fp32 |")
@@ -198,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
               f"| {r['ratio_to_onnxruntime']:.2f} | {r['max_abs_diff_vs_torch_sdpa_fp32']:.1e} |")
     if args.json:
         report = {"host": host, "load_before": load_before, "load_after": load_after, "model": model_name,
+                  "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                   "batch_size": args.batch_size, "threads": args.threads, "repeats": args.repeats,
                   "real_observation_share": fill, "torch": torch.__version__,
                   "onnxruntime": onnxruntime.__version__, "rows": results}
