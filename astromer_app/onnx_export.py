@@ -27,10 +27,10 @@ numbers). Every window must hold at least one observation; the file does not che
 from __future__ import annotations
 
 import contextlib
-import copy
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -501,6 +501,8 @@ def export_onnx(
     if convention not in CONVENTIONS:
         raise InputError(f"unknown convention {convention!r}; choose from {', '.join(CONVENTIONS)}")
     interface = CONVENTIONS[convention]
+    if not (math.isfinite(tolerance) and tolerance > 0):
+        raise InputError(f"--tolerance must be a positive number, got {tolerance}")
     metadata_path = _check_destination(destination, overwrite)
     for package in ("onnx", "onnxscript"):
         _require(package, "ONNX export")
@@ -511,7 +513,7 @@ def export_onnx(
     loaded = load_encoder(model, attn_implementation)
     window_size = loaded.encoder.config.window_size
     graph = WindowEmbeddingGraph(
-        copy.deepcopy(loaded.encoder), names, loaded.layer_logits, channel_axis=interface.channel_axis
+        loaded.encoder, names, loaded.layer_logits, channel_axis=interface.channel_axis
     ).eval()
     program = _torch_to_onnx(graph, interface, window_size)
     weight_bytes = sum(

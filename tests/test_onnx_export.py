@@ -358,6 +358,8 @@ def test_bad_input_is_one_line(case, message, tmp_path, capsys):
 def test_python_errors_are_input_errors(tmp_path):
     with pytest.raises(InputError, match="unknown convention"):
         export_onnx(A1, tmp_path / "x.onnx", convention="keras")
+    with pytest.raises(InputError, match="--tolerance must be a positive number"):
+        export_onnx(A1, tmp_path / "x.onnx", tolerance=0.0)
     with pytest.raises(InputError, match="cannot be exported"):
         export_onnx(A1, tmp_path / "x.onnx", attn_implementation="astromer_blocked")
 
