@@ -6,6 +6,7 @@ Subcommands (``astromer <command> --help`` for each):
 - ``pretrain`` / ``finetune`` / ``evaluate``: the training entry points of ``astromer_train`` (same options);
 - ``push-to-hub``: a complete Hub repository (weights, configs, remote code, model card), uploaded or written;
 - ``convert``: an official TensorFlow checkpoint -> a Hugging Face folder;
+- ``export onnx``: a model -> an ONNX file (``light-curve`` or ``hf`` inputs), checked in ONNX Runtime;
 - ``plot``: ``reconstruction``, ``learning-curves`` or ``embeddings`` (PNG);
 - ``demo``: the end-to-end main job (sample survey -> pretraining -> few-shot evaluation -> plots and report).
 
@@ -51,6 +52,7 @@ from .embedding import (
     read_embeddings,
 )
 from .light_curve_files import invalid_record_error, read_light_curve_files, read_table
+from .onnx_export import CONVENTIONS, DEFAULT_OUTPUTS, OUTPUT_NAMES, export_onnx
 from .plots import (
     masked_reconstruction_examples,
     plot_embedding_map,
@@ -112,6 +114,28 @@ def _command_convert(args: argparse.Namespace) -> int:
     except (FileExistsError, FileNotFoundError) as exc:
         raise InputError(str(exc)) from exc
     print(f"converted {args.src} -> {destination}", file=sys.stderr)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ export onnx
+def _command_export_onnx(args: argparse.Namespace) -> int:
+    curves = None
+    if args.check_curves:
+        curves = [record.table for record in read_light_curve_files(args.check_curves)]
+    quiet_transformers()
+    exported = export_onnx(
+        args.model,
+        args.output,
+        outputs=args.outputs,
+        convention=args.convention,
+        check=args.check,
+        check_curves=curves,
+        tolerance=args.tolerance,
+        overwrite=args.overwrite,
+    )
+    if exported.parity is not None:
+        print("\n".join(exported.parity.lines()), file=sys.stderr)
+    print(f"wrote {exported.path} and {exported.metadata_path}", file=sys.stderr)
     return 0
 
 
@@ -283,6 +307,55 @@ def build_parser() -> argparse.ArgumentParser:
             f"--{field.replace('_', '-')}", dest=f"source_{field}", help=PROVENANCE_HELP[field]
         )
     convert.set_defaults(handler=_command_convert)
+
+    export = commands.add_parser("export", help="a model -> a file for another runtime (ONNX)")
+    export_formats = export.add_subparsers(dest="format", metavar="FORMAT", required=True)
+    onnx = export_formats.add_parser(
+        "onnx",
+        help="a model -> an ONNX file with a dynamic batch axis, checked against PyTorch in ONNX Runtime",
+        description=(
+            "Export an Astromer 1 or 2 model (bundled, saved or fine-tuned) to ONNX: fixed windows of the model's "
+            "window_size in, named embeddings out, weights inside the file (beside it above 1.5 GiB). A JSON "
+            "description (preprocessing, conventions, parity numbers) is written to OUTPUT.json. With "
+            "--convention light-curve the file is a drop-in for light_curve.embed.Astromer1/Astromer2. Needs "
+            "pip install 'astromer-hf[onnx]'."
+        ),
+    )
+    onnx.add_argument("model", help="model folder, Hub repo id or bundled model name")
+    onnx.add_argument("output", help="output .onnx file")
+    onnx.add_argument(
+        "--outputs",
+        default=",".join(DEFAULT_OUTPUTS),
+        help=f"comma-separated outputs from {', '.join(OUTPUT_NAMES)} (default {','.join(DEFAULT_OUTPUTS)})",
+    )
+    onnx.add_argument(
+        "--convention",
+        choices=tuple(CONVENTIONS),
+        default="light-curve",
+        help="light-curve: inputs input/times/mask_in [batch, W, 1] float32 (default); hf: magnitudes/times "
+        "[batch, W] float32 and attention_mask [batch, W] int64",
+    )
+    onnx.add_argument(
+        "--check",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the file in ONNX Runtime and compare every output with PyTorch; nothing is written when it "
+        "fails (default: on)",
+    )
+    onnx.add_argument(
+        "--check-curves",
+        nargs="+",
+        metavar="FILE_OR_FOLDER",
+        help="CSV/Parquet light curves whose windows join the check (default: synthetic MACHO-like curves)",
+    )
+    onnx.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-5,
+        help="parity bound, raised to 10x PyTorch float32's own error where that is larger (default 1e-5)",
+    )
+    onnx.add_argument("--overwrite", action="store_true", help="replace the output files if they exist")
+    onnx.set_defaults(handler=_command_export_onnx)
 
     plot = commands.add_parser("plot", help="figures (PNG): reconstruction, learning curves, embedding map")
     kinds = plot.add_subparsers(dest="kind", metavar="KIND", required=True)
