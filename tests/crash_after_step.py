@@ -10,9 +10,9 @@ import sys
 
 from accelerate.state import PartialState
 
-from astromer_train import TrainingProgress, run_pretraining
+from astromer_train import PretrainingConfig, TrainingProgress, run_pretraining
 from astromer_train.cli_utils import positive_int
-from astromer_train.pretrain import build_parser, config_from_arguments
+from astromer_train.pretrain import build_parser
 
 
 class KillAfterStep:
@@ -33,7 +33,7 @@ def main() -> int:
     args = parser.parse_args()
     step = args.crash_after_step
     del args.crash_after_step
-    run_pretraining(config_from_arguments(args), callbacks=[KillAfterStep(step)])
+    run_pretraining(PretrainingConfig(**vars(args)), callbacks=[KillAfterStep(step)])
     return 0
 
 

@@ -10,13 +10,13 @@ import argparse
 import logging
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from astromer_kernels.allocator import keep_freed_memory
-from modeling_astromer.errors import InputError
+from modeling_astromer.errors import AstromerError, InputError
 
 
 class UsageError(InputError):
@@ -95,6 +95,34 @@ def usage_error(parser: argparse.ArgumentParser, exc: Exception) -> int:
     return 2
 
 
+def add_output_arguments(parser: argparse.ArgumentParser, output_help: str | None = None) -> argparse._ArgumentGroup:
+    """The ``output`` group every training entry point has: ``--output-dir`` and ``--overwrite``."""
+    out = parser.add_argument_group("output")
+    out.add_argument("--output-dir", required=True, help=output_help)
+    out.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output folder")
+    return out
+
+
+def run_entry_point(
+    parser: argparse.ArgumentParser,
+    config_type: Callable[..., Any],
+    run: Callable[[Any], Any],
+    argv: Sequence[str] | None,
+) -> tuple[int, Any, Any]:
+    """Parse ``argv`` into ``config_type`` (every flag is the field of the same name) and ``run`` it.
+
+    Returns ``(0, config, result)``, or ``(2, None, None)`` after printing a one-line error for any
+    ``AstromerError`` (bad flags, data sources, folds, light curves), as argparse prints its own.
+    """
+    args = parser.parse_args(argv)
+    configure_process()
+    try:
+        config = config_type(**vars(args))
+        return 0, config, run(config)
+    except AstromerError as exc:
+        return usage_error(parser, exc), None, None
+
+
 def prepare_output_dir(path: str | Path, overwrite: bool, resume: bool | None = None) -> Path:
     """Check that ``path`` may be written: a missing or empty folder always; an existing non-empty one only with
     ``overwrite`` (its contents are removed) or ``resume`` (kept; ``None`` for commands without ``--resume``, which
@@ -121,6 +149,7 @@ def clear_output_dir(out: Path) -> None:
 __all__ = [
     "UsageError",
     "ValueRule",
+    "add_output_arguments",
     "any_int",
     "check_fields",
     "clear_output_dir",
@@ -133,5 +162,6 @@ __all__ = [
     "positive_float",
     "positive_int",
     "prepare_output_dir",
+    "run_entry_point",
     "usage_error",
 ]

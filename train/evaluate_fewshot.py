@@ -14,12 +14,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from astromer_train.cli_utils import UsageError, configure_process, positive_int, usage_error
+from astromer_train.cli_utils import add_output_arguments, positive_int, run_entry_point
 from astromer_train.configuration import CLASS_PROPORTIONS, SURVEYS, EvaluationConfig
-from astromer_train.data import DataSourceError
 from astromer_train.fewshot import run_evaluation
 from astromer_train.finetune import add_finetune_arguments
-from hub_datasets.folds import FoldError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,28 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--test-per-class", type=positive_int, default=100)
     data.add_argument("--split", default="train", help="split of --dataset to draw the folds from")
     add_finetune_arguments(parser)
-    out = parser.add_argument_group("output")
-    out.add_argument("--output-dir", required=True)
-    out.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output folder")
+    add_output_arguments(parser)
     return parser
-
-
-def config_from_arguments(args: argparse.Namespace) -> EvaluationConfig:
-    """The configuration of parsed flags (every flag is the field of the same name); raises ``UsageError``."""
-    return EvaluationConfig(**vars(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point (``astromer evaluate``); returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    configure_process()
-    try:
-        table = run_evaluation(config_from_arguments(args))
-    except (UsageError, DataSourceError, FoldError) as exc:
-        return usage_error(parser, exc)
-    print(table.markdown)
-    return 0
+    status, _, table = run_entry_point(build_parser(), EvaluationConfig, run_evaluation, argv)
+    if table is not None:
+        print(table.markdown)
+    return status
 
 
 if __name__ == "__main__":

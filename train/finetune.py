@@ -15,12 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from astromer_train.cli_utils import (
-    UsageError,
-    configure_process,
+    add_output_arguments,
     non_negative_int,
     positive_float,
     positive_int,
-    usage_error,
+    run_entry_point,
 )
 from astromer_train.configuration import (
     CLASS_PROPORTIONS,
@@ -30,9 +29,7 @@ from astromer_train.configuration import (
     SURVEYS,
     FinetuningConfig,
 )
-from astromer_train.data import DataSourceError
 from astromer_train.finetuning import run_finetuning
-from hub_datasets.folds import FoldError
 
 logger = logging.getLogger("astromer_train.finetune")
 
@@ -90,30 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--spc", type=positive_int, default=20, help="samples per class of --synthetic")
     data.add_argument("--test-per-class", type=positive_int, default=100, help="test curves per class (--synthetic)")
     add_finetune_arguments(parser)
-    out = parser.add_argument_group("output")
-    out.add_argument("--output-dir", required=True)
-    out.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output folder")
+    add_output_arguments(parser)
     return parser
-
-
-def config_from_arguments(args: argparse.Namespace) -> FinetuningConfig:
-    """The configuration of parsed flags (every flag is the field of the same name); raises ``UsageError``."""
-    return FinetuningConfig(**vars(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point (``astromer finetune``); returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    configure_process()
-    try:
-        results = run_finetuning(config_from_arguments(args))
-    except (UsageError, DataSourceError, FoldError) as exc:
-        return usage_error(parser, exc)
-    test = results["test"]
-    logger.info("test macro-F1: %.4f per window, %.4f per light curve (%s)", test["window"]["f1_macro"],
-                test["light_curve"]["f1_macro"], Path(args.output_dir) / "metrics.json")
-    return 0
+    status, config, results = run_entry_point(build_parser(), FinetuningConfig, run_finetuning, argv)
+    if results is not None:
+        test = results["test"]
+        logger.info("test macro-F1: %.4f per window, %.4f per light curve (%s)", test["window"]["f1_macro"],
+                    test["light_curve"]["f1_macro"], Path(config.output_dir) / "metrics.json")
+    return status
 
 
 if __name__ == "__main__":

@@ -19,13 +19,12 @@ import sys
 from collections.abc import Sequence
 
 from astromer_train.cli_utils import (
-    UsageError,
-    configure_process,
+    add_output_arguments,
     fraction,
     non_negative_int,
     positive_float,
     positive_int,
-    usage_error,
+    run_entry_point,
 )
 from astromer_train.configuration import (
     ATTENTION_IMPLEMENTATIONS,
@@ -36,7 +35,6 @@ from astromer_train.configuration import (
     WINDOW_SAMPLING,
     PretrainingConfig,
 )
-from astromer_train.data import DataSourceError
 from astromer_train.pretraining import run_pretraining
 
 logger = logging.getLogger("astromer_train.pretrain")
@@ -123,32 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="auto: JSONL, plus TensorBoard when it is installed")
     loop.add_argument("--run-name", default="pretrain")
 
-    out = parser.add_argument_group("output")
-    out.add_argument("--output-dir", required=True, help="run folder: final model, checkpoints/, logs/")
-    out.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output folder")
+    out = add_output_arguments(parser, "run folder: final model, checkpoints/, logs/")
     out.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                      help="continue the run in --output-dir from its latest checkpoint (or the given one)")
     out.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
-def config_from_arguments(args: argparse.Namespace) -> PretrainingConfig:
-    """The configuration of parsed flags (every flag is the field of the same name); raises ``UsageError``."""
-    return PretrainingConfig(**vars(args))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point (``astromer pretrain``); returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    configure_process()
-    try:
-        summary = run_pretraining(config_from_arguments(args))
-    except (UsageError, DataSourceError) as exc:
-        return usage_error(parser, exc)
-    if os.environ.get("RANK", "0") == "0":
+    status, _, summary = run_entry_point(build_parser(), PretrainingConfig, run_pretraining, argv)
+    if summary is not None and os.environ.get("RANK", "0") == "0":
         logger.info("done: %s", json.dumps(summary))
-    return 0
+    return status
 
 
 if __name__ == "__main__":
