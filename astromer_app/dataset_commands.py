@@ -61,6 +61,35 @@ def _add_source_arguments(parser: argparse.ArgumentParser, n_curves: int) -> Non
     )
 
 
+def _add_fold_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the paper's fold protocol (:func:`hub_datasets.folds.make_fewshot_splits`)."""
+    parser.add_argument("--test-per-class", type=positive_int, default=100)
+    parser.add_argument(
+        "--spc", type=positive_int, nargs="+", default=[20, 100, 500], help="samples per class (default: 20 100 500)"
+    )
+    parser.add_argument("--val-fraction", type=fraction, default=0.2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--with-replacement", action="store_true", help="train drawn with replacement (upstream A2)")
+    parser.add_argument(
+        "--unstratified-validation",
+        action="store_true",
+        help="validation drawn from all classes together (upstream A2)",
+    )
+
+
+def _fewshot_splits(args: argparse.Namespace, dataset: datasets.Dataset) -> dict[tuple[int, int], datasets.DatasetDict]:
+    return make_fewshot_splits(
+        dataset,
+        n_folds=args.folds,
+        test_per_class=args.test_per_class,
+        samples_per_class=args.spc,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        train_with_replacement=args.with_replacement,
+        stratified_validation=not args.unstratified_validation,
+    )
+
+
 def _refuse_non_empty(parser: argparse.ArgumentParser, out: Path, overwrite: bool) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         parser.error(f"output folder {out} exists and is not empty; pass --overwrite to replace it")
@@ -78,18 +107,7 @@ def build_folds_parser() -> argparse.ArgumentParser:
         "--out", required=True, help="output folder; one sub-folder fold<k>_spc<n> per configuration"
     )
     parser.add_argument("--folds", type=positive_int, default=3)
-    parser.add_argument("--test-per-class", type=positive_int, default=100)
-    parser.add_argument(
-        "--spc", type=positive_int, nargs="+", default=[20, 100, 500], help="samples per class (default: 20 100 500)"
-    )
-    parser.add_argument("--val-fraction", type=fraction, default=0.2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--with-replacement", action="store_true", help="train drawn with replacement (upstream A2)")
-    parser.add_argument(
-        "--unstratified-validation",
-        action="store_true",
-        help="validation drawn from all classes together (upstream A2)",
-    )
+    _add_fold_arguments(parser)
     parser.add_argument("--format", choices=["arrow", "parquet"], default="arrow")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out folder")
     return parser
@@ -103,16 +121,7 @@ def folds_main(argv: Sequence[str] | None = None) -> int:
     _refuse_non_empty(parser, out, args.overwrite)
     try:
         dataset = load_input(args)
-        splits = make_fewshot_splits(
-            dataset,
-            n_folds=args.folds,
-            test_per_class=args.test_per_class,
-            samples_per_class=args.spc,
-            val_fraction=args.val_fraction,
-            seed=args.seed,
-            train_with_replacement=args.with_replacement,
-            stratified_validation=not args.unstratified_validation,
-        )
+        splits = _fewshot_splits(args, dataset)
         written = write_splits(splits, out, overwrite=args.overwrite, fmt=args.format)
     except (AstromerError, FileExistsError) as exc:
         print(f"astromer folds: error: {exc}", file=sys.stderr)
@@ -138,9 +147,7 @@ def build_publish_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--folds", type=non_negative_int, default=3, help="number of folds (0: publish only the 'full' config)"
     )
-    parser.add_argument("--spc", type=positive_int, nargs="+", default=[20, 100, 500])
-    parser.add_argument("--test-per-class", type=positive_int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
+    _add_fold_arguments(parser)
     parser.add_argument("--max-rows-per-shard", type=positive_int, default=20_000)
     parser.add_argument(
         "--license",
@@ -183,17 +190,11 @@ def publish_main(argv: Sequence[str] | None = None) -> int:
         configs: dict[str, datasets.DatasetDict] = {"full": datasets.DatasetDict({"train": dataset})}
         protocol = ""
         if args.folds > 0:
-            splits = make_fewshot_splits(
-                dataset,
-                n_folds=args.folds,
-                test_per_class=args.test_per_class,
-                samples_per_class=args.spc,
-                seed=args.seed,
-            )
+            splits = _fewshot_splits(args, dataset)
             configs.update({config_name(f, s): dd for (f, s), dd in sorted(splits.items())})
             protocol = (
                 f"Few-shot configs: {args.folds} folds × samples per class {args.spc}; test = {args.test_per_class} "
-                f"curves per class per fold; validation = 20 % of spc per class; seed {args.seed} "
+                f"curves per class per fold; validation = {args.val_fraction:.0%} of spc per class; seed {args.seed} "
                 "(`hub_datasets.folds.make_fewshot_splits`)."
             )
         build_folder(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from curve_factories import synthetic_windows
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, create_bidirectional_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -30,19 +31,8 @@ needs_kernel = pytest.mark.skipif(not ops.kernel_available(torch.device("cpu"), 
                                   reason="Triton interpreter not available")
 
 
-def windows(lengths, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for length in lengths:
-        t = torch.sort(torch.rand(length, generator=gen, dtype=torch.float64) * 900).values
-        m = 0.3 * torch.sin(t / 7.0) + 0.05 * torch.randn(length, generator=gen, dtype=torch.float64)
-        out.append({"magnitudes": (m - m.mean()).float(), "times": (t - t.mean()).float(),
-                    "errors": (0.01 + 0.05 * torch.rand(length, generator=gen)).float()})
-    return out
-
-
 def batches(lengths=(40, 9, 25), seed=0):
-    padded = AstromerMaskingCollator(seed=seed)(windows(lengths, seed))
+    padded = AstromerMaskingCollator(seed=seed)(synthetic_windows(lengths, seed))
     packed = AstromerPackingCollator(max_seqlen=64)(padded)
     drop = ("errors", "sequence_index")
     return ({k: v for k, v in padded.items() if k not in drop}, {k: v for k, v in packed.items() if k not in drop})

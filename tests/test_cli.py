@@ -1,7 +1,6 @@
 """The ``astromer`` command line end to end on small data, and its error handling."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -203,25 +202,18 @@ def test_help_everywhere(capsys):
         assert f"usage: astromer {command}" in capsys.readouterr().out, command
 
 
-def test_console_entry_point_runs_as_module():
-    env = dict(os.environ)
-    result = subprocess.run(  # noqa: PLW1510 (the return code is asserted)
-        [sys.executable, "-m", "astromer_app", "--help"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
+def _run_module(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(  # noqa: PLW1510 (the return code is asserted)
+        [sys.executable, "-m", "astromer_app", *arguments], capture_output=True, text=True, timeout=120
     )
+
+
+def test_console_entry_point_runs_as_module():
+    result = _run_module("--help")
     assert result.returncode == 0, result.stderr
     for command in ("embed", "pretrain", "finetune", "evaluate", "convert", "plot", "demo"):
         assert command in result.stdout
-    result = subprocess.run(  # noqa: PLW1510 (the return code is asserted)
-        [sys.executable, "-m", "astromer_app", "frobnicate"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    result = _run_module("frobnicate")
     assert result.returncode == 2 and "invalid choice" in result.stderr
 
 

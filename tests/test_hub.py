@@ -14,6 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from curve_factories import light_curves
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForSequenceClassification
 
 from astromer_app.hub_layout import MODEL_AUTO_MAP, write_hub_folder
@@ -26,17 +27,6 @@ from modeling_astromer import (
 
 REPO_ID = "astromer/astromer-2"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def _light_curves(n=3, seed=0):
-    rng = np.random.default_rng(seed)
-    curves = []
-    for length in rng.integers(30, 450, size=n):
-        t = 50_000 + np.cumsum(rng.uniform(0.2, 4.0, size=length))
-        mag = -6 + 0.3 * np.sin(t / 7.0) + rng.normal(0, 0.02, size=length)
-        err = rng.uniform(0.01, 0.1, size=length)
-        curves.append(np.stack([t, mag, err], axis=1))
-    return curves
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +80,7 @@ def test_package_route_from_fake_hub(offline_cache):
     assert type(model) is AstromerModel
     extractor = AutoFeatureExtractor.from_pretrained(REPO_ID)
     assert type(extractor) is AstromerFeatureExtractor
-    features = extractor(_light_curves(), return_tensors="pt")
+    features = extractor(light_curves(), return_tensors="pt")
     with torch.no_grad():
         ours = model(features["magnitudes"], features["times"], features["attention_mask"]).last_hidden_state
         expected = reference.astromer(features["magnitudes"], features["times"], features["attention_mask"])
@@ -101,7 +91,7 @@ def test_package_route_from_fake_hub(offline_cache):
 
 def test_remote_code_route_without_the_package(offline_cache, tmp_path):
     cache, reference = offline_cache
-    curves = _light_curves(seed=4)
+    curves = light_curves(seed=4)
     np.savez(tmp_path / "curves.npz", *curves)
     script = textwrap.dedent(
         f"""

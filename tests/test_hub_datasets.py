@@ -307,22 +307,8 @@ def test_folds_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         folds_main(["--help"])
     assert exit_info.value.code == 0
     out = tmp_path / "folds"
-    args = [
-        "--synthetic",
-        "atlas",
-        "--n-curves",
-        "600",
-        "--out",
-        str(out),
-        "--folds",
-        "1",
-        "--spc",
-        "5",
-        "--test-per-class",
-        "10",
-        "--seed",
-        "1",
-    ]
+    args = "--synthetic atlas --n-curves 600 --folds 1 --spc 5 --test-per-class 10 --seed 1".split()
+    args += ["--out", str(out)]
     with mock.patch("hub_datasets.synthetic.PUBLISHED_COUNTS", {"atlas": dict.fromkeys(ATLAS_CLASSES, 1)}):
         assert folds_main(args) == 0
         loaded = datasets.load_from_disk(str(out / "fold0_spc5"))
@@ -426,22 +412,8 @@ def test_sdss_rrlyrae(shared_dir: Path) -> None:
 # -------------------------------------------------------------------------------------------------- publish
 def test_publish_dry_run_loads_and_push_is_mocked(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "pub"
-    args = [
-        "--synthetic",
-        "macho",
-        "--n-curves",
-        "900",
-        "--out",
-        str(out),
-        "--folds",
-        "1",
-        "--spc",
-        "5",
-        "--test-per-class",
-        "10",
-        "--max-rows-per-shard",
-        "400",
-    ]
+    args = "--synthetic macho --n-curves 900 --folds 1 --spc 5 --test-per-class 10 --max-rows-per-shard 400".split()
+    args += ["--out", str(out)]
     with mock.patch("hub_datasets.synthetic.PUBLISHED_COUNTS", {"macho": dict.fromkeys(ALCOCK_CLASSES, 1)}):
         assert publish_main(args + ["--dry-run"]) == 0
     card = (out / "README.md").read_text()

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from curve_factories import synthetic_windows
 
 import modeling_astromer  # noqa: F401  (registers astromer_varlen)
 from astromer_kernels.attention import ops
@@ -23,17 +24,6 @@ from modeling_astromer.packing import AstromerPackingCollator, token_budget_batc
 
 needs_kernel = pytest.mark.skipif(not ops.kernel_available(torch.device("cpu"), torch.float32)
                                   and not torch.cuda.is_available(), reason="Triton kernel backend not available")
-
-
-def synthetic_windows(lengths, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    windows = []
-    for length in lengths:
-        t = torch.sort(torch.rand(length, generator=gen, dtype=torch.float64) * 900).values
-        m = 0.3 * torch.sin(t / 7.0) + 0.05 * torch.randn(length, generator=gen, dtype=torch.float64)
-        windows.append({"magnitudes": (m - m.mean()).float(), "times": (t - t.mean()).float(),
-                        "errors": (0.01 + 0.05 * torch.rand(length, generator=gen)).float()})
-    return windows
 
 
 def sdss_windows(shared_dir, n_curves=4, band="r"):

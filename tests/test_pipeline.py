@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from curve_factories import light_curves
 from transformers import pipeline
 from transformers.pipelines import PIPELINE_REGISTRY, FeatureExtractionPipeline
 
@@ -34,17 +35,6 @@ CUSTOM_PIPELINES = {
 }
 # float32 model vs float64 reference, |embedding| ~ 1: a few float32 ulps through 2 blocks
 TOLERANCE = 2e-5
-
-
-def _light_curves(lengths=(37, 200, 455, 1013), seed=0):
-    rng = np.random.default_rng(seed)
-    curves = []
-    for length in lengths:
-        t = 48_800 + np.cumsum(rng.uniform(0.3, 5.0, size=length))
-        mag = -6.5 + 0.4 * np.sin(2 * np.pi * t / rng.uniform(0.4, 40)) + rng.normal(0, 0.03, size=length)
-        err = rng.uniform(0.01, 0.2, size=length)
-        curves.append(np.stack([t, mag, err], axis=1))
-    return curves
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +97,7 @@ def _reference(encoder, curves, pooling, layer_logits=None):
 @pytest.mark.parametrize("pooling", ["skip", "mean", "max"])
 def test_one_embedding_per_curve_matches_float64_reference(released, pipe, pooling):
     _, _, model = released
-    curves = _light_curves()
+    curves = light_curves()
     out = pipe(curves, pooling=pooling)
     assert isinstance(out, list) and len(out) == len(curves)
     assert all(v.shape == (model.config.hidden_size,) and v.dtype == np.float32 for v in out)
@@ -118,7 +108,7 @@ def test_one_embedding_per_curve_matches_float64_reference(released, pipe, pooli
 def test_bfloat16_model_and_autocast_give_float32_numpy(released, pipe):
     """NumPy has no bfloat16: a bf16 model (or bf16 autocast) still returns float32 vectors, close to fp32's."""
     _, folder, model = released
-    curves = _light_curves(seed=3)[:3]
+    curves = light_curves(seed=3)[:3]
     expected = np.stack(pipe(curves))
     scale = np.abs(expected).max()
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -133,7 +123,7 @@ def test_bfloat16_model_and_autocast_give_float32_numpy(released, pipe):
 
 
 def test_pooling_modes_differ_and_default_is_skip(pipe):
-    curves = _light_curves(seed=1)[:2]
+    curves = light_curves(seed=1)[:2]
     skip, mean, maximum = (np.stack(pipe(curves, pooling=p)) for p in ("skip", "mean", "max"))
     np.testing.assert_array_equal(np.stack(pipe(curves)), skip)
     assert np.abs(skip - mean).max() > 1e-3 and np.abs(mean - maximum).max() > 1e-3
@@ -144,14 +134,14 @@ def test_pooling_modes_differ_and_default_is_skip(pipe):
 
 @pytest.mark.parametrize("batch_size", [2, 3, 16])
 def test_batched_equals_unbatched(pipe, batch_size):
-    curves = _light_curves(lengths=(12, 450, 199, 201, 90, 640), seed=2)
+    curves = light_curves(lengths=(12, 450, 199, 201, 90, 640), seed=2)
     unbatched = np.stack(pipe(curves, batch_size=1))
     batched = np.stack(pipe(curves, batch_size=batch_size))
     np.testing.assert_allclose(batched, unbatched, atol=1e-6, rtol=0)
 
 
 def test_order_single_input_and_any_length(pipe):
-    curves = _light_curves(lengths=(5, 200, 401, 2500), seed=3)
+    curves = light_curves(lengths=(5, 200, 401, 2500), seed=3)
     forward = pipe(curves, batch_size=4)
     backward = pipe(curves[::-1], batch_size=4)
     for a, b in zip(forward, backward[::-1]):
@@ -178,7 +168,7 @@ class _TableLike:
 
 
 def test_every_input_form_gives_the_same_embedding(pipe):
-    curve = _light_curves(lengths=(333,), seed=4)[0]
+    curve = light_curves(lengths=(333,), seed=4)[0]
     expected = pipe(curve)
     t, m, e = curve.T
     structured = np.zeros(len(curve), dtype=[("mjd", "f8"), ("mag", "f8"), ("errmag", "f8")])
@@ -211,7 +201,7 @@ def test_every_input_form_gives_the_same_embedding(pipe):
 
 
 def test_invalid_curve_is_named_by_position_and_id(pipe):
-    curves = _light_curves(lengths=(50, 60, 70), seed=5)
+    curves = light_curves(lengths=(50, 60, 70), seed=5)
     curves[2] = curves[2][:3]
     with pytest.raises(
         LightCurveValidationError, match=r"light curve 2 \(id 'star-c'\).*only 3 valid"
@@ -231,7 +221,7 @@ def test_invalid_curve_is_named_by_position_and_id(pipe):
 
 def test_package_route_from_fake_hub(offline):
     _, _, model = offline
-    curves = _light_curves(seed=6)
+    curves = light_curves(seed=6)
     registered = pipeline(PIPELINE_TASK, model=REPO_ID)
     assert type(registered) is LightCurveFeatureExtractionPipeline
     np.testing.assert_allclose(
@@ -255,7 +245,7 @@ def test_package_route_from_fake_hub(offline):
 
 def test_remote_code_route_without_the_package(offline, tmp_path):
     cache, _, model = offline
-    curves = _light_curves(seed=7)
+    curves = light_curves(seed=7)
     np.savez(tmp_path / "curves.npz", *curves)
     script = textwrap.dedent(
         f"""
@@ -293,7 +283,7 @@ def test_classifier_uses_its_fine_tuned_layer_weights():
     with torch.no_grad():
         classifier.layer_logits.copy_(torch.tensor([2.0, -1.0, 0.5]))
     pipe = LightCurveFeatureExtractionPipeline(model=classifier, feature_extractor=AstromerFeatureExtractor())
-    curves = _light_curves(lengths=(150, 420), seed=8)
+    curves = light_curves(lengths=(150, 420), seed=8)
     tuned = np.stack(pipe(curves))
     expected = _reference(classifier.astromer, curves, "skip", layer_logits=classifier.layer_logits.detach())
     np.testing.assert_allclose(tuned, expected, atol=TOLERANCE, rtol=0)

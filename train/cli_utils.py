@@ -95,6 +95,18 @@ def usage_error(parser: argparse.ArgumentParser, exc: Exception) -> int:
     return 2
 
 
+def entry_point_parser(
+    prog: str, description: str
+) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup, argparse._MutuallyExclusiveGroup]:
+    """The parser of a training entry point, with its ``data`` group and the mutually exclusive data sources in it
+    (each entry point adds its own sources and options)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    data = parser.add_argument_group("data")
+    return parser, data, data.add_mutually_exclusive_group()
+
+
 def add_output_arguments(parser: argparse.ArgumentParser, output_help: str | None = None) -> argparse._ArgumentGroup:
     """The ``output`` group every training entry point has: ``--output-dir`` and ``--overwrite``."""
     out = parser.add_argument_group("output")
@@ -154,6 +166,7 @@ __all__ = [
     "check_fields",
     "clear_output_dir",
     "configure_process",
+    "entry_point_parser",
     "finite_float",
     "flag",
     "fraction",

@@ -14,21 +14,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from astromer_train.cli_utils import add_output_arguments, positive_int, run_entry_point
+from astromer_train.cli_utils import add_output_arguments, entry_point_parser, positive_int, run_entry_point
 from astromer_train.configuration import CLASS_PROPORTIONS, SURVEYS, EvaluationConfig
 from astromer_train.fewshot import run_evaluation
 from astromer_train.finetune import add_finetune_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="astromer evaluate",
-        description="Few-shot evaluation table (folds x samples per class): mean +- std test macro-F1 of the paper's "
+    parser, data, source = entry_point_parser(
+        "astromer evaluate",
+        "Few-shot evaluation table (folds x samples per class): mean +- std test macro-F1 of the paper's "
         "fine-tuning protocol, written as Markdown and JSON.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    data = parser.add_argument_group("data")
-    source = data.add_mutually_exclusive_group()
     source.add_argument("--folds-dir", help="folder of fold{k}_spc{n}/ DatasetDicts (astromer folds)")
     source.add_argument("--dataset", help="labelled light-curve dataset to draw the folds from")
     source.add_argument("--synthetic", type=positive_int, metavar="N", help="N labelled synthetic curves")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from astromer_train.cli_utils import (
     add_output_arguments,
+    entry_point_parser,
     non_negative_int,
     positive_float,
     positive_int,
@@ -68,14 +69,11 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="astromer finetune",
-        description="Fine-tune a pretrained Astromer on one few-shot split: continued self-supervised training, then "
+    parser, data, source = entry_point_parser(
+        "astromer finetune",
+        "Fine-tune a pretrained Astromer on one few-shot split: continued self-supervised training, then "
         "the skip/gamma classifier on the frozen encoder (Trainer); test macro-F1 per window and per light curve.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    data = parser.add_argument_group("data")
-    source = data.add_mutually_exclusive_group()
     source.add_argument("--dataset", help="DatasetDict folder / parquet folder with train, validation and test splits "
                         "(e.g. one fold{k}_spc{n} folder of `astromer folds`)")
     source.add_argument("--synthetic", type=positive_int, metavar="N",

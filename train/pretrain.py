@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from astromer_train.cli_utils import (
     add_output_arguments,
+    entry_point_parser,
     fraction,
     non_negative_int,
     positive_float,
@@ -41,14 +42,11 @@ logger = logging.getLogger("astromer_train.pretrain")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="astromer pretrain",
-        description="Pretrain Astromer (masked magnitude reconstruction) with Accelerate. "
+    parser, data, source = entry_point_parser(
+        "astromer pretrain",
+        "Pretrain Astromer (masked magnitude reconstruction) with Accelerate. "
         "Use `accelerate launch` (configs in train/configs/) for GPUs, DDP, FSDP2 or DeepSpeed.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    data = parser.add_argument_group("data")
-    source = data.add_mutually_exclusive_group()
     source.add_argument("--dataset", help="save_to_disk folder, parquet file/folder, or load_dataset name (offline)")
     source.add_argument("--synthetic", type=positive_int, metavar="N", help="generate N synthetic light curves")
     data.add_argument("--survey", choices=SURVEYS, default="macho", help="survey of --synthetic")

@@ -14,40 +14,24 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from length_mixes import MAX_LEN, window_lengths  # the file beside this script
 
 from astromer_kernels import varlen_attention
 from modeling_astromer import AstromerConfig, AstromerForMaskedReconstruction, AstromerMaskingCollator
 from modeling_astromer.packing import AstromerPackingCollator
 
-HEADS, HEAD_DIM, MAX_LEN = 4, 64, 200
+HEADS, HEAD_DIM = 4, 64
 BYTES_PER_S = 3.0e12  # measured device-to-device copy on the project's H100
 FLOP_PER_S = 798e12  # measured bf16 GEMM on the project's H100
 MODE_FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}
 MODE_BYTE_UNITS = {"fwd": 4, "bwd": 8, "fwd+bwd": 12}  # (T,H,D) tensors read+written at minimum
 N_SETS = 4
-
-
-def window_lengths(mix: str, n: int, gen: torch.Generator) -> list[int]:
-    """Window lengths of a mix: all 200, 60 % full windows and 40 % short ones, uniform in [20, 200], or
-    lognormal around 80 (clamped to [5, 200])."""
-    if mix == "all200":
-        return [MAX_LEN] * n
-    if mix == "60/40":
-        full = torch.rand(n, generator=gen) < 0.6
-        short = torch.exp(math.log(60) + 0.8 * torch.randn(n, generator=gen)).round().clamp(5, MAX_LEN)
-        return [MAX_LEN if f else int(s) for f, s in zip(full, short)]
-    if mix == "uniform":
-        return torch.randint(20, MAX_LEN + 1, (n,), generator=gen).tolist()
-    if mix == "lognormal80":
-        return torch.exp(math.log(80) + 0.8 * torch.randn(n, generator=gen)).round().clamp(5, MAX_LEN).int().tolist()
-    raise ValueError(mix)
 
 
 @dataclass

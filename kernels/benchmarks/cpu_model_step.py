@@ -15,7 +15,6 @@ importable). Four runs per length mix, all in the same process:
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import sys
@@ -26,23 +25,11 @@ import torch
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     sys.exit("unset TRITON_INTERPRET: the interpreter is for tests, not timing")
 
+from length_mixes import MAX_LEN, window_lengths  # noqa: E402  (the file beside this script)
+
 from astromer_kernels.allocator import keep_freed_memory  # noqa: E402
 from modeling_astromer import AstromerConfig, AstromerForMaskedReconstruction, AstromerMaskingCollator  # noqa: E402
 from modeling_astromer.packing import AstromerPackingCollator  # noqa: E402
-
-MAX_LEN = 200
-
-
-def lengths_for(mix: str, n: int, gen: torch.Generator) -> list[int]:
-    if mix == "all200":
-        return [MAX_LEN] * n
-    if mix == "60/40":
-        full = torch.rand(n, generator=gen) < 0.6
-        short = torch.exp(math.log(60) + 0.8 * torch.randn(n, generator=gen)).round().clamp(5, MAX_LEN)
-        return [MAX_LEN if f else int(s) for f, s in zip(full, short)]
-    if mix == "lognormal80":
-        return torch.exp(math.log(80) + 0.8 * torch.randn(n, generator=gen)).round().clamp(5, MAX_LEN).int().tolist()
-    raise ValueError(mix)
 
 
 def windows_for(lengths: list[int], gen: torch.Generator) -> list[dict]:
@@ -95,7 +82,7 @@ def main() -> None:
     print("|" + "---|" * (3 + len(runs)))
     for mix in args.mixes.split(","):
         gen = torch.Generator().manual_seed(0)
-        lengths = lengths_for(mix, args.windows, gen)
+        lengths = window_lengths(mix, args.windows, gen)
         padded = AstromerMaskingCollator(seed=0)(windows_for(lengths, gen))
         packed = AstromerPackingCollator(max_seqlen=MAX_LEN)(padded)
         inputs = {"padded": padded, "packed": packed}
