@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import datasets
@@ -56,30 +56,22 @@ _SPLIT_ORDER = ("train", "validation", "test")
 
 
 @dataclass
-class SurveyBuilderConfig(datasets.BuilderConfig):
-    """Builder options; ``data_dir`` is the survey folder (local path, ``file://`` URL, or archive URL)."""
+class SurveyBuilderConfig(CleaningOptions, datasets.BuilderConfig):
+    """Builder options: the cleaning options, the layout, the fold, the band of files that do not say, and what to do
+    with a curve that cannot be read; ``data_dir`` is the survey folder (local path, ``file://`` URL, or archive
+    URL)."""
 
     layout: str = "auto"
     fold: int | None = None
-    clean: bool = True
-    err_min: float = 0.0
-    err_max: float = 1.0
-    min_observations: int = 5
-    sort_times: bool = True
-    clip_quantiles: tuple[float, float] | None = None
     default_band: str = "unknown"
     on_error: str = "raise"
 
     def cleaning_options(self) -> CleaningOptions:
-        """The :class:`CleaningOptions` these settings describe."""
-        return CleaningOptions(
-            clean=self.clean,
-            err_min=self.err_min,
-            err_max=self.err_max,
-            min_observations=self.min_observations,
-            sort_times=self.sort_times,
-            clip_quantiles=tuple(self.clip_quantiles) if self.clip_quantiles is not None else None,
-        )
+        """The :class:`CleaningOptions` part of these settings."""
+        options = {field.name: getattr(self, field.name) for field in fields(CleaningOptions)}
+        if options["clip_quantiles"] is not None:
+            options["clip_quantiles"] = tuple(options["clip_quantiles"])
+        return CleaningOptions(**options)
 
 
 class _SurveyBuilder(datasets.GeneratorBasedBuilder):

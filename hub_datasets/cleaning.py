@@ -22,9 +22,10 @@ from modeling_astromer.errors import LightCurveValidationError
 from modeling_astromer.feature_extraction_astromer import CleaningReport, clean_light_curves
 
 
-@dataclass(frozen=True)
+@dataclass
 class CleaningOptions:
-    """Options of :func:`clean_light_curve`; defaults reproduce the official pipeline."""
+    """Options of :func:`clean_light_curve`; defaults reproduce the official pipeline. The survey builders' config
+    inherits them."""
 
     clean: bool = True
     err_min: float = 0.0
