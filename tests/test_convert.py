@@ -320,7 +320,7 @@ def a2_dir(reference_dir: Path) -> Path:
 def test_reference_a1_checkpoint(a1_dir: Path, reference_dir: Path) -> None:
     checkpoint = read_tf_checkpoint(a1_dir)
     assert len(checkpoint.variables) == 38
-    assert sum(v.size for v in checkpoint.variables.values()) == 661_505  # spec §1, checkpoint-verified count
+    assert sum(v.size for v in checkpoint.variables.values()) == 661_505  # the released A1 parameter count, checked on the checkpoint
     assert checkpoint.optimizer == {}
     assert all(v.dtype == np.float32 for v in checkpoint.variables.values())
     assert checkpoint.variables[
@@ -626,7 +626,7 @@ def test_converted_a2_reproduces_tf_reconstruction(reference_dir: Path, tmp_path
         )
     reconstruction = output.reconstruction.reshape(8, -1).double().numpy()
     diff = np.abs(reconstruction - ref["inf_reconstruction"][:8]) * real[:8]
-    assert diff.max() < 1e-4  # reference README §7 tolerance
+    assert diff.max() < 1e-4  # the tolerance the reference data states for this array
 
 
 @pytest.mark.parametrize("leak", [True, False])
