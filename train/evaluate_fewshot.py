@@ -15,10 +15,10 @@ import sys
 from collections.abc import Sequence
 
 from astromer_train.cli_utils import UsageError, configure_process, positive_int, usage_error
-from astromer_train.configuration import CLASS_PROPORTIONS, SURVEYS, EvaluationConfig
+from astromer_train.configuration import BASELINES, CLASS_PROPORTIONS, SURVEYS, EvaluationConfig
 from astromer_train.data import DataSourceError
 from astromer_train.fewshot import run_evaluation
-from astromer_train.finetune import add_finetune_arguments
+from astromer_train.finetune import add_finetune_arguments, parse_arguments
 from hub_datasets.folds import FoldError
 
 
@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Few-shot evaluation table (folds x samples per class): mean +- std test macro-F1 of the paper's "
         "fine-tuning protocol, written as Markdown and JSON.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Any transformers TrainingArguments option is accepted as in the Hugging Face example scripts "
+        "(--report_to, --bf16, --gradient_checkpointing, ...) and overrides the classifier stage.",
+        allow_abbrev=False,
     )
     data = parser.add_argument_group("data")
     source = data.add_mutually_exclusive_group()
@@ -42,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--spc", type=positive_int, nargs="+", default=[20, 100, 500], help="samples per class")
     data.add_argument("--test-per-class", type=positive_int, default=100)
     data.add_argument("--split", default="train", help="split of --dataset to draw the folds from")
+    data.add_argument("--baseline", choices=[b for b in BASELINES if b], default=None,
+                      help="also score light-curve features + random forest in the same folds (the [baselines] extra)")
     add_finetune_arguments(parser)
     out = parser.add_argument_group("output")
     out.add_argument("--output-dir", required=True)
@@ -57,7 +62,7 @@ def config_from_arguments(args: argparse.Namespace) -> EvaluationConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point (``astromer evaluate``); returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     configure_process()
     try:
         table = run_evaluation(config_from_arguments(args))
