@@ -152,3 +152,18 @@ def test_evaluate_linear_probe_with_baseline_and_no_validation(rrlyrae, tmp_path
     assert "features + RF" in markdown and len(rows) == 2 and all(row.count("±") == 3 for row in rows)
     probe = json.loads((out / "fold0_spc20" / "classifier" / "linear_probe.json").read_text())
     assert probe["label_names"] == ["RRab", "RRc"] and probe["C"] > 0
+
+
+def test_bundled_model_name_is_accepted_by_every_training_command(tmp_path):
+    from astromer_train import EvaluationConfig, FinetuningConfig, PretrainingConfig, UsageError
+    from modeling_astromer import bundled_model_path
+
+    folder = str(bundled_model_path("astromer1-macho"))
+    out = str(tmp_path / "out")
+    continued = PretrainingConfig(synthetic=10, init_from="astromer1-macho", output_dir=out)
+    assert continued.init_from == folder and continued.learning_rate == 1e-4  # continued-pretraining default
+    assert PretrainingConfig(synthetic=10, output_dir=out).learning_rate == 1e-3  # the official, from scratch
+    assert FinetuningConfig(model="astromer1-macho", synthetic=10, output_dir=out).model == folder
+    assert EvaluationConfig(model="astromer1-macho", synthetic=10, output_dir=out).model == folder
+    with pytest.raises(UsageError, match="bundled model name: astromer1-macho"):
+        FinetuningConfig(model="astromer9", synthetic=10, output_dir=out)

@@ -44,6 +44,9 @@ WINDOW_SAMPLING = ("random", "sequential")
 MIXED_PRECISION = (None, "no", "fp16", "bf16")
 REPORT_TO = ("auto", "jsonl", "tensorboard", "all", "none")
 CLASS_PROPORTIONS = ("published", "uniform")
+#: Pretraining learning rates: the official one from scratch, and continued pretraining's (``init_from``).
+FROM_SCRATCH_LEARNING_RATE = 1e-3
+CONTINUED_LEARNING_RATE = 1e-4
 POOLING = ("skip", "mean", "max")
 CLASSIFIER_ATTENTION = ("sdpa", "eager")
 #: ``mlp``: the paper's classification head trained with ``Trainer``; ``linear``: a logistic-regression probe on the
@@ -91,7 +94,10 @@ class PretrainingConfig:
     The data come from ``dataset`` (a ``save_to_disk`` folder, parquet files or an offline ``load_dataset`` name),
     ``synthetic`` (that many generated curves) or ``curves`` (cleaned curves given directly, e.g. by a fine-tuning
     stage); exactly one of them. Architecture fields left ``None`` take the Astromer 2 values; with ``init_from``
-    the architecture comes from the checkpoint. ``attn_implementation="auto"`` is sdpa for padded batches and
+    the architecture comes from the checkpoint. ``learning_rate`` left ``None`` is the official 1e-3 from scratch
+    and :data:`CONTINUED_LEARNING_RATE` with ``init_from`` (continued pretraining: 1e-3 quickly overfits a small
+    survey, the paper's fine-tuning rate 1e-5 barely moves the weights). ``attn_implementation="auto"`` is sdpa for
+    padded batches and
     astromer_varlen for packed ones (``packing``). ``resume`` is ``"latest"`` or a checkpoint folder.
     """
 
@@ -120,7 +126,7 @@ class PretrainingConfig:
     onednn_linears: bool = False
     packing: bool = False
     # optimisation
-    learning_rate: float = 1e-3
+    learning_rate: float | None = None
     adam_beta1: float = 0.9
     adam_beta2: float = 0.98
     adam_epsilon: float = 1e-9
@@ -169,6 +175,9 @@ class PretrainingConfig:
     def __post_init__(self) -> None:
         _store_paths_as_text(self, ("output_dir", "dataset", "init_from", "resume"))
         _resolve_bundled(self, "init_from")
+        if self.learning_rate is None:
+            rate = CONTINUED_LEARNING_RATE if self.init_from is not None else FROM_SCRATCH_LEARNING_RATE
+            object.__setattr__(self, "learning_rate", rate)
         check_fields(self, self.RULES, self.CHOICES)
         self._check_data_source()
         self._check_model()

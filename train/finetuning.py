@@ -227,6 +227,14 @@ def training_arguments(options: FinetuningOptions, output_dir: Path, has_validat
     return TrainingArguments(**settings)
 
 
+def _quiet_transformers(options: FinetuningOptions) -> None:
+    """With ``quiet``: no weight-loading progress bars or reports (a new head's weights are reported as missing:
+    expected, not news)."""
+    if options.quiet:
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+
 def _remove_checkpoints(folder: Path) -> None:
     """The epoch checkpoints of best-validation selection, once the best weights are loaded."""
     for checkpoint in folder.glob("checkpoint-*"):
@@ -243,8 +251,7 @@ def _mlp_classifier(options: FinetuningOptions, encoder_dir: Path, tables: dict[
                     names: list[str], fe: AstromerFeatureExtractor, output_dir: Path) -> tuple[dict, dict]:
     """The paper's head with ``Trainer``; returns ``(probabilities by split, classifier summary)``."""
     has_validation = len(tables["validation"]) > 0
-    if options.quiet:  # the new head's weights are reported as missing: expected, not news
-        hf_logging.set_verbosity_error()
+    _quiet_transformers(options)
     model = AstromerForSequenceClassification.from_pretrained(
         encoder_dir,
         num_labels=len(names),
@@ -254,8 +261,6 @@ def _mlp_classifier(options: FinetuningOptions, encoder_dir: Path, tables: dict[
         freeze_encoder=not options.train_encoder,
     )
     model.set_attn_implementation(options.attn_implementation)
-    if options.quiet:
-        hf_logging.disable_progress_bar()
     args = training_arguments(options, output_dir, has_validation)
     callbacks = [EarlyStoppingCallback(early_stopping_patience=options.patience)] if has_validation else []
     trainer = Trainer(
@@ -310,6 +315,7 @@ def window_embeddings(model: AstromerModel, table: datasets.Dataset, pooling: st
 def _linear_classifier(options: FinetuningOptions, encoder_dir: Path, tables: dict[str, datasets.Dataset],
                        names: list[str], fe: AstromerFeatureExtractor, output_dir: Path) -> tuple[dict, dict]:
     """The logistic-regression probe; returns ``(probabilities by split, classifier summary)``."""
+    _quiet_transformers(options)
     encoder = AstromerModel.from_pretrained(encoder_dir).eval()
     encoder.set_attn_implementation(options.attn_implementation)
     embeddings = {split: window_embeddings(encoder, table, options.pooling, fe.window_size)
