@@ -29,6 +29,8 @@ import numpy as np
 from astromer_train.cli_utils import clear_output_dir, prepare_output_dir
 from astromer_train.configuration import EvaluationConfig, FinetuningOptions
 from astromer_train.data import CleanedCurves, DataSourceError, load_light_curves
+from astromer_train.feature_baseline import FeatureBaseline, FeatureTable
+from astromer_train.feature_baseline import describe as describe_baseline
 from astromer_train.finetuning import classification_metrics, finetune_split, label_names
 from hub_datasets import make_fewshot_splits
 from hub_datasets.atomic import write_json_atomic, write_text_atomic
@@ -152,8 +154,6 @@ def _run_record(fold: int, spc: int, metrics: dict[str, Any]) -> dict[str, Any]:
 def baseline_split(config: EvaluationConfig, splits: datasets.DatasetDict, features: Any) -> dict[str, Any]:
     """The feature baseline on one split, on the curves as the Astromer classifier sees them (same cleaning):
     per-light-curve metrics of the validation (when present) and test curves."""
-    from astromer_train.feature_baseline import FeatureBaseline  # needs the optional light-curve package
-
     names = label_names(splits)
     fe = AstromerFeatureExtractor(window_size=AstromerConfig.from_pretrained(config.model).window_size)
     curves = {name: CleanedCurves.from_table(splits[name], fe, with_labels=True, name=f"split {name!r}")
@@ -173,11 +173,7 @@ def run_evaluation(config: EvaluationConfig) -> FewShotTable:
     output_dir = prepare_output_dir(config.output_dir, config.overwrite)
     if config.overwrite:
         clear_output_dir(output_dir)
-    features = None
-    if config.baseline == "features":
-        from astromer_train.feature_baseline import FeatureTable  # needs the optional light-curve package
-
-        features = FeatureTable()
+    features = FeatureTable() if config.baseline == "features" else None
     runs = []
     for fold, spc, splits in iter_splits(config):
         logger.info("fold %d, SPC %d", fold, spc)
@@ -201,10 +197,8 @@ def run_evaluation(config: EvaluationConfig) -> FewShotTable:
     }
     baseline_name = None
     if features is not None:
-        from astromer_train.feature_baseline import describe
-
         baseline_name = "features + RF"
-        results["baseline"] = {"name": describe(), "seed": config.seed}
+        results["baseline"] = {"name": describe_baseline(), "seed": config.seed}
     table = markdown_table(name, summary, Path(config.model).name, config.pooling, recipe, baseline_name)
     write_json_atomic(output_dir / "results.json", results)
     write_text_atomic(output_dir / "results.md", table)
