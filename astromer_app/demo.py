@@ -65,9 +65,9 @@ __all__ = ["FULL", "QUICK", "RECOMMENDED_RECIPE", "DemoError", "DemoSettings", "
 RELEASED_MODEL = "astromer1-macho"
 #: The classification recipe of the few-shot step: the one that scored best on the validation curves of the recipe
 #: search on this sample (README, "Few-shot recipes"); any ``EvaluationConfig`` fields.
-RECOMMENDED_RECIPE: dict[str, Any] = {"classifier": "linear", "pooling": "skip", "skip_ssl": True}
+RECOMMENDED_RECIPE: dict[str, Any] = {"classifier": "linear", "pooling": "max", "skip_ssl": True}
 #: The command-line flags of :data:`RECOMMENDED_RECIPE`, for the report's reproduction commands.
-RECOMMENDED_FLAGS = "--classifier linear --pooling skip --skip-ssl"
+RECOMMENDED_FLAGS = "--classifier linear --pooling max --skip-ssl"
 
 
 class DemoError(AstromerError, RuntimeError):

@@ -76,10 +76,10 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     ssl.add_argument("--no-mask-token", dest="mask_token", action="store_const", const=False)
 
     clf = parser.add_argument_group("classifier (step 2)")
-    clf.add_argument("--epochs", type=positive_int, default=200, help="maximum epochs (early stopping ends it)")
-    clf.add_argument("--learning-rate", type=positive_float, default=1e-3, help="the paper: 1e-5")
-    clf.add_argument("--batch-size", type=positive_int, default=32, help="the paper: 256")
-    clf.add_argument("--patience", type=positive_int, default=20,
+    clf.add_argument("--epochs", type=positive_int, default=300, help="maximum epochs (early stopping ends it)")
+    clf.add_argument("--learning-rate", type=positive_float, default=1e-4, help="the paper: 1e-5")
+    clf.add_argument("--batch-size", type=positive_int, default=16, help="the paper: 256")
+    clf.add_argument("--patience", type=positive_int, default=30,
                      help="epochs without a lower validation loss (the paper: 40)")
     clf.add_argument("--best-on-validation", action=argparse.BooleanOptionalAction, default=True,
                      help="keep the weights of the epoch with the lowest validation loss (the paper keeps the last: "
