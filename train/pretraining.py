@@ -112,6 +112,9 @@ def start_accelerator(config: PretrainingConfig, output_dir: Path) -> Accelerato
         log_with=build_trackers(config.report_to, config.run_name, output_dir / "logs") or None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
+    deepspeed = accelerator.state.deepspeed_plugin
+    if deepspeed is not None:  # DeepSpeed clips inside its engine (clip_grad_norm_ is a no-op there): 0 = none
+        deepspeed.deepspeed_config["gradient_clipping"] = float(config.max_grad_norm or 0.0)
     if config.overwrite and accelerator.is_main_process:
         clear_output_dir(output_dir)
     accelerator.wait_for_everyone()
