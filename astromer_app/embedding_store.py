@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ class ShardedOutput:
     output: Path
     rank: int = 0
     world_size: int = 1
+    created_folders: list[Path] = field(default_factory=list)  # made by prepare(), deepest first
 
     @property
     def work(self) -> Path:
@@ -88,6 +89,10 @@ class ShardedOutput:
                     f"an interrupted run left {self.work}; pass --resume to continue it or --overwrite to start again"
                 )
             shutil.rmtree(self.work)
+        folder = self.output.parent
+        while not folder.exists():
+            self.created_folders.append(folder)
+            folder = folder.parent
         self.work.mkdir(parents=True)
         write_json_atomic(self.work / RUN_FILE, run)
 
@@ -142,8 +147,14 @@ class ShardedOutput:
                     writer.write_table(table.replace_schema_metadata(schema.metadata))
 
     def discard(self) -> None:
-        """Remove the work folder (a failed run leaves no output)."""
+        """Remove the work folder and the folders :meth:`prepare` made for it while they are empty (a failed run
+        leaves no output)."""
         shutil.rmtree(self.work, ignore_errors=True)
+        for folder in self.created_folders:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
     # ----------------------------------------------------------------------------------------------- any process
     def done_chunks(self) -> set[int]:

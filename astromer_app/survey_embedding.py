@@ -47,7 +47,7 @@ from .embedding import (
 from .embedding_store import ShardedOutput, default_errors_path, is_file_output
 from .light_curve_files import ColumnNames, CurveSlot, expand_inputs, iter_curve_slots, record_error
 
-__all__ = ["ON_ERROR_MODES", "EmbedOptions", "EmbedSummary", "run_embed"]
+__all__ = ["ON_ERROR_MODES", "EmbedOptions", "EmbedSummary", "load_embedder", "run_embed"]
 
 ON_ERROR_MODES = ("fail", "skip")
 
@@ -173,7 +173,8 @@ def _check_options(options: EmbedOptions, processes: _Processes) -> None:
         raise InputError(f"{options.output}: the output file is also an input")
 
 
-def _load_embedder(options: EmbedOptions, device: torch.device) -> tuple[Any, WindowEmbedder]:
+def load_embedder(options: EmbedOptions, device: torch.device) -> tuple[Any, WindowEmbedder]:
+    """The pipeline of ``options.model`` on ``device`` and the :class:`WindowEmbedder` of the run."""
     quiet_transformers()
     pipe = load_embedding_pipeline(options.model, options.batch_size, device=device,
                                    attn_implementation=options.attn_implementation)
@@ -202,7 +203,7 @@ def run_embed(options: EmbedOptions) -> EmbedSummary:
     errors_path = None
     if options.on_error == "skip":
         errors_path = options.errors or default_errors_path(options.output)
-    pipe, embedder = _load_embedder(options, processes.device)
+    pipe, embedder = load_embedder(options, processes.device)
     hidden_size = int(embedder.encoder.config.hidden_size)
     run = {
         "model": options.model,
