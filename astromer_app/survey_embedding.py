@@ -287,14 +287,15 @@ def _embed_chunk(
             loaded.append((ordinal, slot.load()))
         except InputError as error:
             skipped.add(ordinal, slot.source, slot.curve_id, None, None, str(error))
-    batch = embedder.extractor.clean_batch(
-        [record.table for _, record in loaded],
-        ids=[record.curve_id for _, record in loaded],
-        bands=options.bands,
-        band_column=options.band_column,
-        on_error="collect",
-    ) if loaded else None
-    if batch is not None:
+    table = schema.empty_table()
+    if loaded:
+        batch = embedder.extractor.clean_batch(
+            [record.table for _, record in loaded],
+            ids=[record.curve_id for _, record in loaded],
+            bands=options.bands,
+            band_column=options.band_column,
+            on_error="collect",
+        )
         for rejected in batch.rejected:
             ordinal, record = loaded[rejected.curve_index]
             reason = str(record_error(record, rejected.error))
@@ -317,8 +318,5 @@ def _embed_chunk(
         if batch.bands is not None:
             rows["band"] = [batch.bands[b] for b in batch.band_index[keep]]
         table = embedding_table(schema, rows, embedded.vectors[keep])
-    else:
-        table = embedding_table(schema, {name: [] for name in schema.names}, np.zeros((0, schema.field(
-            "embedding").type.list_size), dtype=np.float32))
     skipped.entries.sort(key=lambda entry: entry["ordinal"])
     store.write_shard(chunk_number, table, skipped.entries)

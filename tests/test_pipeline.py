@@ -400,6 +400,8 @@ def test_packed_pipeline_equals_padded(released, pipe):
     assert packed.model.config._attn_implementation == "astromer_blocked"
     curves = light_curves(lengths=(12, 450, 199, 201, 90, 640, 33, 57), seed=15)
     np.testing.assert_allclose(np.stack(packed(curves)), np.stack(pipe(curves, batch_size=8)), atol=1e-5, rtol=0)
+    for a, b in zip(packed(curves[:3], pooling=None), pipe(curves[:3], pooling=None, batch_size=8)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)  # per-observation states unpacked to their windows
     assert load_pipeline(folder, attn_implementation=None).model.config._attn_implementation == "sdpa"
 
 

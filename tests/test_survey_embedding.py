@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from astromer_app.cli import main
-from astromer_app.embedding import read_embeddings
+from astromer_app.embedding import WindowEmbedder, read_embeddings
 from hub_datasets.samples import SDSS_RRLYRAE_DIR
 from modeling_astromer import AstromerConfig, AstromerFeatureExtractor, AstromerModel, bundled_models
 from modeling_astromer.bundled import DEFAULT_MODEL
@@ -119,6 +119,8 @@ def test_long_table_and_datasets_folder_with_bands(bundled, tmp_path, capsys):
     out_long = tmp_path / "long_embeddings.parquet"
     assert _run(["embed", long_table, "-o", out_long, "-q", "--bands", "g,r"], capsys)[0] == 0
     from_long = pd.read_parquet(out_long)
+    loaded = datasets.load_dataset("parquet", data_files=str(out_long), split="train", cache_dir=str(tmp_path / "c"))
+    assert loaded.features["embedding"].length == 256 and loaded.num_rows == 10
     assert list(from_long["id"]) == [str(i) for i in ids for _ in range(2)]
     valid = subset["band"].isin(["g", "r"]) & (subset["magerr"] > 0) & (subset["magerr"] < 1) & subset["mag"].notna()
     expected_rows = subset[valid].groupby(["id", "band"], sort=False).size()
@@ -277,3 +279,33 @@ def test_two_processes_equal_one(astromer2, curve_folder, tmp_path, capsys):
     np.testing.assert_allclose(_vectors(union), _vectors(expected), atol=1e-6, rtol=0)
     meta, vectors = read_embeddings(output)
     assert sorted(meta["id"]) == sorted(expected["id"]) and vectors.shape == (7, 256)
+
+
+def test_a_non_finite_embedding_is_never_written(bundled, curve_folder, tmp_path, capsys, monkeypatch):
+    real = WindowEmbedder.embed_windows
+
+    def one_nan_window(self, magnitudes, times, lengths):
+        windows = real(self, magnitudes, times, lengths)
+        windows[lengths == 12] = np.nan  # the window of star_0, the only curve of 12 observations
+        return windows
+
+    monkeypatch.setattr(WindowEmbedder, "embed_windows", one_nan_window)
+    output = tmp_path / "embeddings.parquet"
+    assert _run(["embed", curve_folder, "-o", output, "-q", "--on-error", "skip"], capsys)[0] == 0
+    table = pd.read_parquet(output)
+    assert "star_0" not in set(table["id"]) and len(table) == 6 and np.isfinite(_vectors(table)).all()
+    errors = pd.read_csv(tmp_path / "embeddings.errors.csv")
+    assert errors[["curve_id", "field"]].values.tolist() == [["star_0", "embedding"]]
+    code, err = _run(["embed", curve_folder, "-o", tmp_path / "fail.parquet", "-q"], capsys)
+    assert code == 1 and "light curve 'star_0': the embedding is not finite" in err
+    assert not (tmp_path / "fail.parquet").exists()
+
+
+def test_resume_refuses_other_options(bundled, curve_folder, tmp_path, capsys):
+    output = tmp_path / "embeddings.parquet"
+    work = tmp_path / ".embeddings.parquet.partial"
+    work.mkdir()
+    (work / ".astromer-run.json").write_text('{"pooling": "mean"}')
+    code, err = _run(["embed", curve_folder, "-o", output, "-q", "--resume"], capsys)
+    assert code == 1 and "--resume: the interrupted run" in err and "pooling: 'mean' then, 'skip' now" in err
+    assert work.is_dir() and not output.exists()

@@ -32,7 +32,6 @@ import contextlib
 import json
 import os
 import platform
-import shutil
 import socket
 import statistics
 import subprocess
@@ -291,22 +290,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the report as JSON here")
     args = parser.parse_args(argv)
     keep_freed_memory()
-    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="embed_throughput_"))
-    work.mkdir(parents=True, exist_ok=True)
-    report = {"host": host(), "argv": sys.argv[1:], "full": [], "short": [], "ladder": []}
-    print("# astromer embed throughput")
-    print(json.dumps(report["host"]))
-    print(load())
-    try:
+    with contextlib.ExitStack() as stack:
+        work = Path(args.workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="embed_throughput_")))
+        work.mkdir(parents=True, exist_ok=True)
+        report = {"host": host(), "argv": sys.argv[1:], "full": [], "short": [], "ladder": []}
+        print("# astromer embed throughput")
+        print(json.dumps(report["host"]))
+        print(load())
         if "full" in args.parts:
             part_full(args, work, report)
         if "short" in args.parts:
             part_short(args, work, report)
         if "ladder" in args.parts:
             part_ladder(args, work, report)
-    finally:
-        if not args.workdir:
-            shutil.rmtree(work, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str))
     return 0
