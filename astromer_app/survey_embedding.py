@@ -167,6 +167,8 @@ def _check_options(options: EmbedOptions, processes: _Processes) -> None:
         raise InputError("--resume continues an interrupted run and --overwrite discards it; pass one of them")
     if options.chunk_size < 1:
         raise InputError(f"--chunk-size must be a positive integer, got {options.chunk_size}")
+    if options.output.exists() and not options.overwrite:  # checked again before writing; this saves loading
+        raise InputError(f"{options.output} exists; pass --overwrite to replace it")
     files = expand_inputs(options.inputs)
     target = options.output.resolve()
     if any(f.resolve() == target for f in files):
