@@ -18,7 +18,7 @@ from modeling_astromer import (
 from modeling_astromer.configuration_astromer import resolve_bundled_name
 
 
-def test_item8_auto_model_for_pretraining_is_registered_without_remote_code(tmp_path):
+def test_issue14_item8_auto_model_for_pretraining_is_registered_without_remote_code(tmp_path):
     """`auto_map` advertises AutoModelForPreTraining; after `import modeling_astromer` it loads the package's class
     with no `trust_remote_code`, even from a folder whose config carries an `auto_map`."""
     folder = tmp_path / "a2"
@@ -33,7 +33,7 @@ def test_item8_auto_model_for_pretraining_is_registered_without_remote_code(tmp_
 
 
 @pytest.mark.parametrize("model_class", [AstromerModel, AstromerForMaskedReconstruction])
-def test_item12_dummy_inputs_run_through_the_model(model_class):
+def test_issue14_item12_dummy_inputs_run_through_the_model(model_class):
     """The inherited `dummy_inputs` were `input_ids`, which an Astromer model cannot take."""
     config = AstromerConfig.astromer2(num_hidden_layers=1, window_size=32)
     model = model_class(config).eval()
@@ -47,7 +47,7 @@ def test_item12_dummy_inputs_run_through_the_model(model_class):
     assert torch.isfinite(tensor).all() and tensor.shape[:2] == (2, 32)
 
 
-def test_item12_bundled_model_name_loads_in_python_without_the_network(monkeypatch):
+def test_issue14_item12_bundled_model_name_loads_in_python_without_the_network(monkeypatch):
     """`from_pretrained("astromer1-macho")` retried the Hub for 23 s and failed; the model, head, config and feature
     extractor classes now load the installed folder, and the Auto classes take `bundled_model_path(name)`."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -66,7 +66,7 @@ def test_item12_bundled_model_name_loads_in_python_without_the_network(monkeypat
     assert AutoConfig.from_pretrained(folder).model_type == "astromer"
 
 
-def test_item12_a_local_folder_named_like_a_bundled_model_wins(tmp_path, monkeypatch):
+def test_issue14_item12_a_local_folder_named_like_a_bundled_model_wins(tmp_path, monkeypatch):
     """A user's own folder called `astromer1-macho` in the working directory is loaded, not the bundled weights."""
     mine = tmp_path / "astromer1-macho"
     shutil.copytree(bundled_model_path("astromer1-macho"), mine)
