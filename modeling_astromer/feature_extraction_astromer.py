@@ -55,6 +55,7 @@ from typing import Any, ClassVar
 import numpy as np
 from transformers.feature_extraction_utils import BatchFeature, FeatureExtractionMixin
 
+from .configuration_astromer import resolve_bundled_name
 from .errors import AstromerError, LightCurveValidationError
 
 __all__ = [
@@ -955,6 +956,11 @@ class AstromerFeatureExtractor(FeatureExtractionMixin):
     """
 
     model_input_names: ClassVar[list[str]] = ["magnitudes", "times", "attention_mask"]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "AstromerFeatureExtractor":
+        """As [`FeatureExtractionMixin.from_pretrained`]; a bundled model name (`"astromer1-macho"`) loads its folder."""
+        return super().from_pretrained(resolve_bundled_name(pretrained_model_name_or_path), *args, **kwargs)
 
     def __init__(
         self,

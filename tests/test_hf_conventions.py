@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelF
 import modeling_astromer
 from modeling_astromer import (
     AstromerConfig,
+    AstromerFeatureExtractor,
     AstromerForMaskedReconstruction,
     AstromerForSequenceClassification,
     AstromerModel,
@@ -60,6 +61,8 @@ def test_issue14_item12_bundled_model_name_loads_in_python_without_the_network(m
     reference = AstromerModel.from_pretrained(folder)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
     assert AstromerConfig.from_pretrained("astromer1-macho").num_hidden_layers == 2
+    assert AstromerFeatureExtractor.from_pretrained("astromer1-macho").to_dict() == \
+        AstromerFeatureExtractor.from_pretrained(folder).to_dict()
     classifier = AstromerForSequenceClassification.from_pretrained("astromer1-macho", num_labels=2)
     assert classifier.config.num_labels == 2
     assert type(AutoModel.from_pretrained(folder)) is AstromerModel
