@@ -43,6 +43,7 @@ from modeling_astromer import load_pipeline, resolve_model
 from modeling_astromer.errors import InputError
 from modeling_astromer.feature_extraction_astromer import CleanedBatch, pad_windows, padding_mask
 from modeling_astromer.packing import token_budget_batches
+from modeling_astromer.pipeline_astromer import packed_inference_inputs
 
 from .light_curve_files import LightCurveRecord, read_table, record_error
 
@@ -194,11 +195,10 @@ class WindowEmbedder:
         device = self.device
         packed: dict[str, Any] = {}
         if self.layout == "packed":
-            m = torch.from_numpy(magnitudes)[None]
-            t = torch.from_numpy(times)[None]
-            mask = torch.ones_like(m, dtype=torch.long)
-            cu_seqlens = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
-            packed = {"cu_seqlens": cu_seqlens.to(device), "max_seqlen": int(lengths.max())}
+            packed = packed_inference_inputs(torch.from_numpy(magnitudes), torch.from_numpy(times),
+                                             torch.from_numpy(lengths), bucket=device.type == "cpu")
+            m, t, mask = (packed.pop(key) for key in ("magnitudes", "times", "attention_mask"))
+            packed["cu_seqlens"] = packed["cu_seqlens"].to(device)
         else:
             width = self.window_size if self.layout == "padded" else int(lengths.max())
             side = self.extractor.padding_side if self.layout == "padded" else "right"
@@ -208,7 +208,7 @@ class WindowEmbedder:
         vectors = self.encoder.embed(
             m.to(device), t.to(device), mask.to(device), pooling=self.pooling, layer_logits=self.layer_logits,
             **packed,
-        )
+        )[: len(lengths)]
         return vectors.float().cpu().numpy()
 
     def embed(self, batch: CleanedBatch) -> EmbeddedCurves:

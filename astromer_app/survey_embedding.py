@@ -32,6 +32,7 @@ from accelerate.utils import broadcast_object_list, gather_object, parse_flag_fr
 from tqdm.auto import tqdm
 
 import modeling_astromer
+from astromer_kernels.allocator import bound_primitive_cache, release_freed_memory
 from astromer_kernels.registry import packed_attention_implementations
 from modeling_astromer.bundled import DEFAULT_MODEL
 from modeling_astromer.errors import InputError
@@ -200,6 +201,7 @@ def run_embed(options: EmbedOptions) -> EmbedSummary:
             ``"skip"`` a run in which no curve could be embedded. Nothing is written then (except, with
             ``"skip"``, the errors file).
     """
+    bound_primitive_cache()
     processes = _Processes()
     _check_options(options, processes)
     errors_path = None
@@ -266,6 +268,7 @@ def _embed_my_share(
             if len(chunk) == options.chunk_size:
                 if chunk_number not in done:
                     _embed_chunk(options, store, embedder, schema, chunk_number, chunk)
+                    release_freed_memory()
                 bar.update(len(chunk))
                 chunk, chunk_number = [], chunk_number + 1
         if chunk and chunk_number not in done:

@@ -37,6 +37,7 @@ With the package installed, ``import modeling_astromer`` registers the task ``"l
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +49,13 @@ from transformers.pipelines.base import ChunkPipeline
 from .configuration_astromer import POOLING_MODES
 from .errors import LightCurveValidationError
 
-__all__ = ["PACKED_ATTENTION_IMPLEMENTATIONS", "POOLING_MODES", "LightCurveFeatureExtractionPipeline"]
+__all__ = [
+    "PACKED_ATTENTION_IMPLEMENTATIONS",
+    "POOLING_MODES",
+    "LightCurveFeatureExtractionPipeline",
+    "packed_inference_inputs",
+    "packed_token_bucket",
+]
 
 RETURN_TENSOR_MODES: tuple[str, ...] = ("np", "pt")
 
@@ -58,6 +65,51 @@ RETURN_TENSOR_MODES: tuple[str, ...] = ("np", "pt")
 PACKED_ATTENTION_IMPLEMENTATIONS: tuple[str, ...] = ("astromer_varlen", "astromer_blocked")
 
 _NOT_GIVEN = object()
+
+
+def packed_token_bucket(n_tokens: int) -> int:
+    """The token count a packed inference batch of ``n_tokens`` is padded to on a CPU: the next step of a geometric
+    ladder of multiples of 64 with 8 steps per doubling (at most 9 % more tokens, 4-5 % on average).
+
+    oneDNN and glibc's allocator keep state per GEMM shape; when every packed batch has its own token count, a bf16
+    embedding process grew by about 1 GB per 100k short light curves, and stays flat with a few dozen shapes.
+    """
+    if n_tokens <= 64:
+        return 64
+    bucket = 64 * math.ceil(2 ** (math.ceil(8 * math.log2(n_tokens / 64)) / 8))
+    return max(bucket, 64 * math.ceil(n_tokens / 64))
+
+
+def packed_inference_inputs(
+    magnitudes: torch.Tensor, times: torch.Tensor, lengths: torch.Tensor, bucket: bool = False
+) -> dict[str, Any]:
+    """Keyword arguments of the encoder for windows laid back to back.
+
+    Args:
+        magnitudes, times: `(T,)` centred values of every window, one window after the other.
+        lengths: `(n,)` observations per window (sum `T`).
+        bucket: pad the batch with all-zero filler windows (each at most the longest window) to
+            :func:`packed_token_bucket` tokens; their outputs come after the `n` real ones, to be dropped.
+
+    Returns:
+        ``magnitudes``, ``times``, ``attention_mask`` `(1, T')`, ``cu_seqlens`` int32 `(n' + 1,)` and ``max_seqlen``.
+    """
+    lengths = lengths.to(torch.int64)
+    max_seqlen = int(lengths.max())
+    if bucket:
+        missing = packed_token_bucket(int(lengths.sum())) - int(lengths.sum())
+        full, rest = divmod(missing, max_seqlen)
+        fillers = torch.tensor([max_seqlen] * full + ([rest] if rest else []), dtype=torch.int64)
+        lengths = torch.cat([lengths, fillers.to(lengths.device)])
+        magnitudes = torch.nn.functional.pad(magnitudes, (0, missing))
+        times = torch.nn.functional.pad(times, (0, missing))
+    return {
+        "magnitudes": magnitudes[None],
+        "times": times[None],
+        "attention_mask": torch.ones((1, magnitudes.shape[0]), dtype=torch.long, device=magnitudes.device),
+        "cu_seqlens": torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32),
+        "max_seqlen": max_seqlen,
+    }
 
 
 @dataclass(frozen=True)
@@ -284,21 +336,18 @@ class LightCurveFeatureExtractionPipeline(ChunkPipeline):
         attention_mask = model_inputs["attention_mask"]
         packed: dict[str, Any] = {}
         real = attention_mask.bool()
-        if self._packs_windows() and magnitudes.shape[0] > 1:
-            lengths = real.sum(dim=1)
-            packed = {
-                "cu_seqlens": torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32),
-                "max_seqlen": int(lengths.max()),
-            }
-            magnitudes, times = magnitudes[real][None], times[real][None]
-            attention_mask = torch.ones_like(magnitudes, dtype=torch.long)
+        n_windows = magnitudes.shape[0]
+        if self._packs_windows() and n_windows > 1:
+            packed = packed_inference_inputs(magnitudes[real], times[real], real.sum(dim=1),
+                                             bucket=magnitudes.device.type == "cpu")
+            magnitudes, times, attention_mask = (packed.pop(key) for key in ("magnitudes", "times", "attention_mask"))
         extras = {key: model_inputs[key] for key in ("band_position", "window_start", "n_observations", "is_last")}
         if pooling is None:
             hidden = encoder(magnitudes=magnitudes, times=times, attention_mask=attention_mask,
                              **packed).last_hidden_state
             if packed:  # back to the batch's padded layout
                 unpacked = hidden.new_zeros((*real.shape, hidden.shape[-1]))
-                unpacked[real] = hidden[0]
+                unpacked[real] = hidden[0, : int(real.sum())]
                 hidden = unpacked
             # the tensor must come first: the batch unroller reads the batch size from the first key
             return {"window_hidden_states": hidden, "window_mask": real, **extras}
@@ -309,7 +358,7 @@ class LightCurveFeatureExtractionPipeline(ChunkPipeline):
             pooling=pooling,
             layer_logits=layer_logits if pooling == "skip" else None,
             **packed,
-        )
+        )[:n_windows]
         return {"window_embedding": embeddings, **extras}
 
     def postprocess(
