@@ -109,7 +109,7 @@ def matmul_rate(dtype: torch.dtype, tokens: int = 51200, repeats: int = 5, devic
     return flops / statistics.median(times[1:]) / 1e9
 
 
-def _batch(batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+def make_batch(batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     windows = []
     for _ in range(batch_size):
@@ -120,7 +120,7 @@ def _batch(batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
     return AstromerMaskingCollator(seed=seed)(windows)
 
 
-class _Runner:
+class Runner:
     """One model (attention implementation × precision) with its batch and optimizer, timed step by step."""
 
     def __init__(self, config, implementation: str, precision: str, batch: dict, device: torch.device):
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     allocator = "allocator unchanged (--default-allocator)" if args.default_allocator else keep_freed_memory()
     torch.set_num_threads(args.threads)
     config = AstromerConfig.astromer2(hidden_dropout_prob=0.0)
-    batch = _batch(args.batch_size)
+    batch = make_batch(args.batch_size)
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     rates = {name: matmul_rate(dtype, args.matmul_tokens, device=args.device) for name, dtype in dtypes.items()}
     backward_rates = {name: matmul_rate(dtype, args.matmul_tokens, device=args.device, backward=True)
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     for implementation in args.implementations:
         for precision in args.precisions:
             try:
-                runners[implementation, precision] = _Runner(config, implementation, precision, batch, device)
+                runners[implementation, precision] = Runner(config, implementation, precision, batch, device)
             except Exception as exc:  # noqa: BLE001 - reported as a row
                 results[implementation, precision] = exc
     results.update(measure_interleaved(runners, args.repeats))
