@@ -14,6 +14,7 @@ import pytest
 from transformers import AttentionInterface
 
 from astromer_kernels import host
+from astromer_train import openmp
 from modeling_astromer import AstromerConfig, AstromerModel
 from modeling_astromer.host_defaults import CPU_CANDIDATES, choose_attn_implementation
 
@@ -113,26 +114,49 @@ def test_host_info_names_cpu_flags_and_torch():
     assert "amx_bf16" in line and "avx512_bf16" in line and info.torch_version in line
 
 
-def _policy_after(code: str, **env: str) -> str:
+def test_the_astromer_command_lets_openmp_threads_sleep_before_torch_loads():
+    """The ``astromer`` console script imports ``astromer_app.cli``: the package import must set the policy first."""
     environment = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "ASTROMER_OMP_WAIT_POLICY")}
-    environment.update(env)
-    out = subprocess.run([sys.executable, "-c", code + "; import os; print(os.environ.get('OMP_WAIT_POLICY'))"],
-                         capture_output=True, text=True, env=environment, check=True)
-    return out.stdout.strip().splitlines()[-1]
+    code = ("import sys, astromer_app, os; from astromer_train.openmp import openmp_wait_policy; "
+            "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules); print(openmp_wait_policy())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, check=True)
+    policy, status = out.stdout.strip().splitlines()[-2:]
+    assert policy == "PASSIVE True" and status.startswith("OMP_WAIT_POLICY=PASSIVE")
 
 
-@pytest.mark.parametrize("entry", ["import astromer_train", "import astromer_app.cli"])
-def test_entry_points_let_openmp_threads_sleep_before_torch_loads(entry):
-    assert _policy_after(entry) == "PASSIVE"
+@pytest.fixture
+def before_torch(monkeypatch):
+    """This process as it is before torch is imported, with no policy chosen."""
+    monkeypatch.delitem(sys.modules, "torch")
+    monkeypatch.setattr(openmp, "_status", openmp.openmp_wait_policy())
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("ASTROMER_OMP_WAIT_POLICY", raising=False)
+    return monkeypatch
 
 
-def test_the_users_openmp_policy_wins():
-    assert _policy_after("import astromer_train", OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
-    assert _policy_after("import astromer_train", ASTROMER_OMP_WAIT_POLICY="0") == "None"
+def test_passive_is_set_when_nothing_decided(before_torch):
+    assert openmp.prefer_passive_openmp_wait().startswith("OMP_WAIT_POLICY=PASSIVE")
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
 
 
-def test_nothing_is_set_once_torch_is_loaded():
-    assert _policy_after("import torch, astromer_train; print(astromer_train.openmp.openmp_wait_policy())") == "None"
+def test_the_users_openmp_policy_wins(before_torch):
+    before_torch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert "set by the user" in openmp.prefer_passive_openmp_wait()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_the_policy_can_be_left_alone(before_torch):
+    before_torch.setenv("ASTROMER_OMP_WAIT_POLICY", "0")
+    assert "ASTROMER_OMP_WAIT_POLICY=0" in openmp.prefer_passive_openmp_wait()
+    assert "OMP_WAIT_POLICY" not in os.environ
+
+
+def test_nothing_is_set_once_torch_is_loaded(monkeypatch):
+    monkeypatch.setattr(openmp, "_status", openmp.openmp_wait_policy())
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("ASTROMER_OMP_WAIT_POLICY", raising=False)
+    assert "torch was imported before" in openmp.prefer_passive_openmp_wait()
+    assert "OMP_WAIT_POLICY" not in os.environ
 
 
 # ---------------------------------------------------------------------------------------------- a loaded model
