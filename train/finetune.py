@@ -145,6 +145,11 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None)
     return args
 
 
+def config_from_arguments(args: argparse.Namespace) -> FinetuningConfig:
+    """The run's :class:`FinetuningConfig` from parsed flags (bundled model names resolved, fields checked)."""
+    return FinetuningConfig(**vars(args))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point (``astromer finetune``); returns the exit status."""
     status, config, results = run_entry_point(
