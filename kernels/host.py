@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["BF16_FLAGS", "HostInfo", "Selection", "host_info", "load_average", "select_fastest", "selection_cache"]
+__all__ = ["BF16_FLAGS", "HostInfo", "Selection", "host_info", "load_average", "probe_enabled", "select_fastest",
+           "selection_cache"]
 
 logger = logging.getLogger("astromer_kernels.host")
 
@@ -86,6 +87,11 @@ def load_average() -> tuple[float, float, float] | None:
         return None
 
 
+def probe_enabled() -> bool:
+    """False when ``ASTROMER_HOST_PROBE`` is ``0`` (e.g. for runs that must not depend on the machine's load)."""
+    return os.environ.get(_PROBE_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def selection_cache() -> Path:
     """The cache file of :func:`select_fastest`: ``$ASTROMER_CACHE/host_selection.json``, by default under
     ``~/.cache/astromer``."""
@@ -145,6 +151,7 @@ def select_fastest(
     forced: str | None = None,
     repeats: int = 2,
     use_cache: bool = True,
+    keep_first_within: float = 0.0,
 ) -> Selection:
     """The fastest of ``candidates`` at ``run(candidate)`` on this host.
 
@@ -158,10 +165,12 @@ def select_fastest(
         forced: the user's explicit choice: returned as is.
         use_cache: read and write the choice in :func:`selection_cache` (keyed by :attr:`HostInfo.key` and
             ``task``). A cached choice is run once more before it is trusted.
+        keep_first_within: the first candidate, when it works, is kept unless another is faster by more than this
+            fraction of its time (for a first candidate with gains the probe does not measure).
     """
     if forced is not None:
         return Selection(forced, "requested")
-    if os.environ.get(_PROBE_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+    if not probe_enabled():
         return Selection(fallback, f"{_PROBE_SWITCH}=0")
     host = host_info()
     path = selection_cache()
@@ -192,6 +201,9 @@ def select_fastest(
         return Selection(fallback, "no candidate ran: " + "; ".join(f"{k}: {v}" for k, v in failures.items()),
                          failures=failures)
     choice = min(seconds, key=seconds.get)
+    first = candidates[0]
+    if first in seconds and seconds[first] <= (1 + keep_first_within) * seconds[choice]:
+        choice = first
     timings = ", ".join(f"{name} {1e3 * value:.0f} ms" for name, value in seconds.items())
     reason = f"fastest here: {timings}" + (f"; failed: {', '.join(failures)}" if failures else "")
     if use_cache:

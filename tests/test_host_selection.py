@@ -11,12 +11,16 @@ import sys
 import time
 
 import pytest
+import torch
+from curve_factories import light_curves
 from transformers import AttentionInterface
 
+from astromer_app.hub_layout import write_hub_folder
 from astromer_kernels import host
 from astromer_train import openmp
-from modeling_astromer import AstromerConfig, AstromerModel
+from modeling_astromer import AstromerConfig, AstromerForMaskedReconstruction, AstromerModel
 from modeling_astromer.host_defaults import CPU_CANDIDATES, choose_attn_implementation
+from modeling_astromer.pipeline import load_pipeline
 
 
 @pytest.fixture
@@ -103,6 +107,7 @@ def test_an_unwritable_cache_does_not_stop_the_selection(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("")
     monkeypatch.setenv("ASTROMER_CACHE", str(blocker / "below-a-file"))
+    monkeypatch.delenv("ASTROMER_HOST_PROBE", raising=False)
     assert host.select_fastest("t", ["a"], _runner({"a": 0.0}), fallback="b").choice == "a"
 
 
@@ -198,3 +203,42 @@ def test_astromer1_keeps_sdpa():
     config = AstromerConfig.astromer1(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
                                       intermediate_size=64, window_size=24)
     assert choose_attn_implementation(AstromerModel(config)).choice == "sdpa"
+
+
+# ---------------------------------------------------------------------------------------------- load_pipeline
+@pytest.fixture(scope="module")
+def small_folder(tmp_path_factory):
+    torch.manual_seed(0)
+    config = AstromerConfig.astromer2(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
+                                      intermediate_size=64)
+    return write_hub_folder(AstromerForMaskedReconstruction(config).eval(), tmp_path_factory.mktemp("a2") / "model")
+
+
+def test_load_pipeline_probes_on_a_cpu_and_says_what_it_picked(cache, small_folder):
+    pipe = load_pipeline(small_folder)
+    assert pipe.attention_choice.choice == pipe.model.config._attn_implementation
+    assert set(pipe.attention_choice.seconds) == set(CPU_CANDIDATES)
+    assert len(pipe(light_curves(lengths=(40, 250), seed=1))) == 2
+
+
+def test_load_pipeline_never_keeps_a_failing_blocked_path(cache, small_folder, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no blocked attention here")
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, "astromer_blocked", broken)
+    pipe = load_pipeline(small_folder)
+    assert pipe.model.config._attn_implementation == "sdpa" and pipe.attention_choice.choice == "sdpa"
+    assert len(pipe(light_curves(lengths=(40, 250), seed=1))) == 2  # and it runs
+
+
+def test_load_pipeline_honours_a_forced_implementation(cache, small_folder):
+    pipe = load_pipeline(small_folder, attn_implementation="eager")
+    assert pipe.model.config._attn_implementation == "eager" and pipe.attention_choice.reason == "requested"
+    assert not cache.exists()
+
+
+def test_without_the_probe_the_rule_keeps_the_blocked_path(small_folder, monkeypatch):
+    monkeypatch.setenv("ASTROMER_HOST_PROBE", "0")
+    pipe = load_pipeline(small_folder)
+    assert pipe.model.config._attn_implementation == "astromer_blocked"
+    assert "not probed" in pipe.attention_choice.reason
