@@ -344,8 +344,8 @@ def main(argv: list[str] | None = None) -> int:
                "bf16 max|Δ| recon / |Δ| loss"]
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {args.threads} threads"
     parameters = sum(p.numel() for p in AstromerForMaskedReconstruction(config).parameters())
-    lines = [f"{time.strftime('%Y-%m-%d %H:%M %Z')}: torch {torch.__version__}, {where}, batch {args.batch_size}×200, "
-             f"Astromer 2 ({parameters:,} params)",
+    lines = [(f"{time.strftime('%Y-%m-%d %H:%M %Z')}: torch {torch.__version__}, {where}, "
+              f"batch {args.batch_size}×200, Astromer 2 ({parameters:,} params)"),
              *host_lines(load_before, load_after, args.threads),
              ("matmul rate (same run, model GEMM mix; mean of before / after the models): "
               + ", ".join(f"{p} {rates[p]:.1f} GFLOP/s ({rates_before[p]:.1f} / {rates_after[p]:.1f})"
