@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 import modeling_astromer
 from astromer_kernels.allocator import bound_primitive_cache, release_freed_memory
 from astromer_kernels.registry import packed_attention_implementations
+from astromer_train.openmp import openmp_wait_policy
 from modeling_astromer.bundled import DEFAULT_MODEL
 from modeling_astromer.errors import InputError
 
@@ -208,6 +209,11 @@ def run_embed(options: EmbedOptions) -> EmbedSummary:
     if options.on_error == "skip":
         errors_path = options.errors or default_errors_path(options.output)
     pipe, embedder = load_embedder(options, processes.device)
+    if options.progress and processes.is_main:
+        choice = getattr(pipe, "attention_choice", None)
+        why = f" ({choice.reason})" if choice is not None else ""
+        print(f"attention: {embedder.encoder.config._attn_implementation}{why}; batch layout {embedder.layout}; "
+              f"{openmp_wait_policy()}", file=sys.stderr)
     hidden_size = int(embedder.encoder.config.hidden_size)
     run = {
         "model": options.model,

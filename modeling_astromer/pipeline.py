@@ -10,6 +10,9 @@ from transformers import AutoConfig, AutoModel
 from transformers import pipeline as hf_pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from astromer_kernels.host import Selection
+
+from .host_defaults import CPU_CANDIDATES, choose_attn_implementation
 from .pipeline_astromer import LightCurveFeatureExtractionPipeline
 
 __all__ = [
@@ -56,14 +59,26 @@ def load_pipeline(
         model: a folder written by ``save_pretrained``/the release command, or a Hub repo id.
         attn_implementation: ``"auto"`` runs Astromer 2 with the attention implementation that packs windows
             (:func:`packed_attention_for`; with ``batch_size > 1`` short windows then cost only their own length) and
-            Astromer 1 with transformers' default; ``None`` keeps transformers' default; any other name is used as is.
+            Astromer 1 with transformers' default; on a CPU, a short probe checks that it runs and is not clearly
+            slower than sdpa here (:func:`~modeling_astromer.host_defaults.choose_attn_implementation`, cached per
+            host), else sdpa. ``None`` keeps transformers' default; any other name is used as is.
         kwargs: passed to :func:`transformers.pipeline` (``device``, ``batch_size``, ``revision``, ...).
+
+    The choice and why are in the pipeline's ``attention_choice`` (a :class:`~astromer_kernels.host.Selection`) and
+    in an INFO log line.
     """
-    if attn_implementation == "auto":
+    automatic = attn_implementation == "auto"
+    if automatic:
         config = AutoConfig.from_pretrained(str(model), revision=kwargs.get("revision"))
         attn_implementation = packed_attention_for(config, kwargs.get("device"))
     if attn_implementation is not None:
         model_kwargs = dict(kwargs.pop("model_kwargs", None) or {})
         model_kwargs.setdefault("attn_implementation", attn_implementation)
         kwargs["model_kwargs"] = model_kwargs
-    return hf_pipeline(PIPELINE_TASK, model=str(model), pipeline_class=LightCurveFeatureExtractionPipeline, **kwargs)
+    pipe = hf_pipeline(PIPELINE_TASK, model=str(model), pipeline_class=LightCurveFeatureExtractionPipeline, **kwargs)
+    current = pipe.model.config._attn_implementation
+    if automatic and pipe.model.device.type == "cpu" and current in CPU_CANDIDATES:
+        pipe.attention_choice = choose_attn_implementation(pipe.model)
+    else:
+        pipe.attention_choice = Selection(current, "automatic rule" if automatic else "requested")
+    return pipe

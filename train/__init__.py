@@ -10,7 +10,14 @@ command line)::
 
 The scripts ``train/pretrain.py``, ``train/finetune.py`` and ``train/evaluate_fewshot.py`` (``astromer pretrain /
 finetune / evaluate``) parse their flags into these configurations and call these functions.
+
+Importing this package first sets ``OMP_WAIT_POLICY=PASSIVE`` when neither the user nor an earlier ``import torch``
+decided the OpenMP wait policy (see :mod:`astromer_train.openmp`): libgomp reads it once, when torch loads.
 """
+
+from astromer_train.openmp import prefer_passive_openmp_wait
+
+prefer_passive_openmp_wait()  # before torch is imported below
 
 from astromer_train.callbacks import TrainingCallback, TrainingProgress
 from astromer_train.cli_utils import UsageError

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import astromer_train  # noqa: F401  # isort: skip  (before transformers loads torch: sets the OpenMP wait policy)
 from transformers import HfArgumentParser, TrainingArguments
 
 from astromer_train.cli_utils import (
