@@ -21,8 +21,8 @@ import astromer_train.pretraining as pretraining
 from astromer_kernels.attention import ops
 from astromer_train import PretrainingConfig, UsageError, run_pretraining
 from astromer_train.compiled_loss import CompiledTrainingLoss, eager_training_loss
-from astromer_train.data import DeterministicMaskingCollator
-from astromer_train.pretraining import TokenBudget, choose_token_budgets
+from astromer_train.data import DeterministicMaskingCollator, WindowDataset
+from astromer_train.token_budgets import TokenBudget, choose_token_budgets, window_lengths
 from modeling_astromer import AstromerConfig, AstromerForMaskedReconstruction, AstromerMaskingCollator
 from modeling_astromer.packing import AstromerPackingCollator
 
@@ -170,7 +170,7 @@ def test_pretraining_with_compile_equals_eager_pretraining(tmp_path, monkeypatch
 
     monkeypatch.setattr(pretraining, "CompiledTrainingLoss", RecordingCompiledLoss)
     data = pretraining.load_pretraining_data(PretrainingConfig(synthetic=24, output_dir=tmp_path / "data"), 200)
-    lengths = pretraining.window_lengths(pretraining.WindowDataset(data.train, "random", 200))
+    lengths = window_lengths(WindowDataset(data.train, "random", 200))
     budgets = choose_token_budgets(lengths, 200, batch_size=6)
     shapes = {((1, b.max_tokens), (b.max_sequences + 1,)) for b in budgets}
     common = dict(curves=data, num_layers=1, hidden_size=32, num_heads=2, intermediate_size=32, batch_size=6,

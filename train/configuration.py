@@ -84,7 +84,7 @@ class PretrainingConfig:
     training batch is then padded to a fixed token budget, ``max_tokens`` tokens in ``max_sequences`` sequences, so
     batches share one graph (by default a batch's mean number of tokens plus four standard deviations; the rare batch
     with more is padded to a fallback budget that every batch fits, see
-    :func:`astromer_train.pretraining.choose_token_budgets`). ``max_tokens`` also turns the budget on without
+    :func:`astromer_train.token_budgets.choose_token_budgets`). ``max_tokens`` also turns the budget on without
     ``compile``.
     """
 

@@ -7,7 +7,7 @@ change in the machine's speed affects all rows alike):
 * ``padded eager`` / ``padded compiled``: ``(B, 200)`` batches, ``attn_implementation="sdpa"``;
 * ``packed eager``: ``(1, T)`` tokens without budget padding (T changes from batch to batch);
 * ``budget eager`` / ``budget compiled``: the same tokens padded to the token budget that ``pretrain --compile
-  --packing`` chooses for data of this mix (:func:`astromer_train.pretraining.choose_token_budgets`, from a
+  --packing`` chooses for data of this mix (:func:`astromer_train.token_budgets.choose_token_budgets`, from a
   population of ``--population`` windows), compiled with :class:`astromer_train.compiled_loss.CompiledTrainingLoss`;
 * CUDA only (``--device cuda``, not yet run on a GPU): ``budget captured``, the compiled step replayed as CUDA graphs
   (``mode="reduce-overhead"``).
@@ -41,7 +41,7 @@ from length_mixes import MAX_LEN, window_lengths  # noqa: E402  (the file beside
 
 from astromer_kernels.allocator import keep_freed_memory  # noqa: E402
 from astromer_train.compiled_loss import CompiledTrainingLoss, eager_training_loss  # noqa: E402
-from astromer_train.pretraining import choose_token_budgets  # noqa: E402
+from astromer_train.token_budgets import choose_token_budgets  # noqa: E402
 from modeling_astromer import AstromerConfig, AstromerForMaskedReconstruction, AstromerMaskingCollator  # noqa: E402
 from modeling_astromer.packing import AstromerPackingCollator  # noqa: E402
 
@@ -130,6 +130,7 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def run_mix(mix: str, args, config: AstromerConfig, device: torch.device) -> tuple[list[Row], dict]:
+    torch._dynamo.reset()  # the models of earlier mixes would count towards Dynamo's recompilation limit
     gen = torch.Generator().manual_seed(0)
     population = window_lengths(mix, args.population, gen)
     budgets = choose_token_budgets(np.asarray(population), MAX_LEN, args.windows)
@@ -186,8 +187,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     config = AstromerConfig.astromer2(num_hidden_layers=args.layers, hidden_dropout_prob=0.0, use_mask_token=True)
-    print(f"torch {torch.__version__}, {device.type}, {args.threads} threads, B={args.windows} windows, A2 "
-          f"({args.layers} layers, d=256), {args.precision}, MASK token, no dropout, Adam; {allocator}")
+    print(f"torch {torch.__version__}, {device.type}, {args.threads} threads (OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}), B={args.windows} windows, A2 ({args.layers} layers, "
+          f"d=256), {args.precision}, MASK token, no dropout, Adam; {allocator}")
     print(host_description())
     timing = "median ms per step over rounds x batches (host / device ms on CUDA)"
     print(f"{timing}; ratio = padded eager / row; first steps = every batch shape once, compilation included")
@@ -209,11 +211,14 @@ def main() -> None:
             print(f"| {row.name} | {row.implementation} | {cell} | {baseline / median:.2f}x | "
                   f"{row.first_steps:.1f} |")
         by_name = {row.name: row for row in rows}
-        eager, compiled = by_name["budget eager"], by_name["budget compiled"]
-        ratio = statistics.median(compiled.step_times) / statistics.median(eager.step_times)
-        paired = " ".join(f"{c / e:.2f}" for c, e in zip(compiled.step_times, eager.step_times))
-        print(f"budget compiled / budget eager: {ratio:.2f} of the time per step (step by step: {paired}); last "
-              f"loss eager {eager.last_loss:.6f}, compiled {compiled.last_loss:.6f}", flush=True)
+        compiled = by_name["budget compiled"]
+        for reference in (by_name["budget eager"], by_name["packed eager"]):
+            paired = [c / e for c, e in zip(compiled.step_times, reference.step_times)]
+            print(f"budget compiled / {reference.name}: {statistics.median(paired):.2f} of the time per step "
+                  f"(median of the {len(paired)} step-by-step ratios in the same rounds; min {min(paired):.2f}, "
+                  f"max {max(paired):.2f})")
+        print(f"last loss: budget eager {by_name['budget eager'].last_loss:.6f}, budget compiled "
+              f"{compiled.last_loss:.6f}", flush=True)
     print(f"\n{host_description()}")
 
 
