@@ -8,7 +8,8 @@ Subcommands (``astromer <command> --help`` for each):
 - ``convert``: an official TensorFlow checkpoint -> a Hugging Face folder;
 - ``export onnx``: a model -> an ONNX file (``light-curve`` or ``hf`` inputs), checked in ONNX Runtime;
 - ``plot``: ``reconstruction``, ``learning-curves`` or ``embeddings`` (PNG);
-- ``demo``: the end-to-end main job (sample survey -> pretraining -> few-shot evaluation -> plots and report).
+- ``demo``: the end-to-end main job (real RR Lyrae and MACHO curves -> released-model embeddings -> few-shot table
+  against light-curve features -> reconstruction, map and report).
 
 Errors in the user's input (paths, unreadable files, missing or unknown columns, invalid light curves) print one
 clear message on stderr and exit with status 1; no partial output is left behind (files are written to a temporary
@@ -70,7 +71,7 @@ PASS_THROUGH_COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "folds": (folds_main, "write the paper's few-shot splits of a labelled light-curve dataset"),
     "publish-dataset": (publish_main, "write a survey and its folds as Parquet + dataset card (and push it)"),
     "push-to-hub": (release.main, "write (and upload) a complete Hub repository for a model"),
-    "demo": (demo.main, "the main job: sample survey -> pretraining -> few-shot evaluation -> plots and report"),
+    "demo": (demo.main, "the main job: real light curves -> embeddings -> few-shot table vs features -> report"),
 }
 
 

@@ -141,15 +141,23 @@ def masked_reconstruction_examples(
     batch = collator(
         {key: features[key][first_window] for key in ("magnitudes", "times", "errors", "attention_mask")}
     )
+    # A model without a MASK token (the released Astromer 1 and 2) would still read a hidden point's own magnitude
+    # at its position, and the window's centring would carry their mean: the input is centred on the visible points
+    # and shows that centre (0) at the hidden ones, so every hidden point is predicted from the others only.
+    observed = batch["attention_mask"].bool()
+    hidden = batch["mask_positions"].bool()
+    visible = observed & ~hidden
+    visible_mean = (batch["magnitudes"] * visible).sum(1, keepdim=True) / visible.sum(1, keepdim=True).clamp(min=1)
+    inputs = (batch["magnitudes"] - visible_mean).masked_fill(hidden | ~observed, 0.0)
     model.eval()
     with torch.no_grad():
         output = model(
-            magnitudes=batch["magnitudes"],
+            magnitudes=inputs,
             times=batch["times"],
             attention_mask=batch["attention_mask"],
             mask_positions=batch["mask_positions"],
         )
-    reconstruction = output.reconstruction.float().numpy()
+    reconstruction = (output.reconstruction.float() + visible_mean).numpy()
     examples = []
     for row, window in enumerate(first_window):
         real = batch["attention_mask"][row].numpy().astype(bool)

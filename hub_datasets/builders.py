@@ -78,6 +78,11 @@ class _SurveyBuilder(datasets.GeneratorBasedBuilder):
     """Shared logic; subclasses set the class names, label normaliser, default band and description."""
 
     BUILDER_CONFIG_CLASS = SurveyBuilderConfig
+    #: Bumped whenever the produced table changes (schema, cleaning rules, label mapping).
+    VERSION = datasets.Version("1.0.0")
+    #: The dataset's own name: it names the cache folder, which would otherwise come from this module's name and be
+    #: shared by every survey built from the same ``data_dir``.
+    DATASET_NAME = ""
     CLASS_NAMES: tuple[str, ...] = ()
     DEFAULT_BAND = "unknown"
     DESCRIPTION = ""
@@ -86,6 +91,7 @@ class _SurveyBuilder(datasets.GeneratorBasedBuilder):
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("default_band", self.DEFAULT_BAND)
+        kwargs.setdefault("dataset_name", self.DATASET_NAME)
         super().__init__(*args, **kwargs)
         if self.config.on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {self.config.on_error!r}")
@@ -195,6 +201,7 @@ class _SurveyBuilder(datasets.GeneratorBasedBuilder):
 class AlcockBuilder(_SurveyBuilder):
     """Alcock et al. labelled MACHO R-band variables: 21,444 raw → 20,894 curves in 6 classes."""
 
+    DATASET_NAME = "astromer_alcock"
     CLASS_NAMES = ALCOCK_CLASSES
     DEFAULT_BAND = "R"
     DESCRIPTION = "Alcock et al. MACHO variable stars (R band), classes Cep_0, Cep_1, EC, LPV, RRab, RRc."
@@ -204,6 +211,7 @@ class AlcockBuilder(_SurveyBuilder):
 class AtlasBuilder(_SurveyBuilder):
     """ATLAS variables (Heinze et al. 2018) in 5 merged classes; the filter (c or o) is not stated upstream."""
 
+    DATASET_NAME = "astromer_atlas"
     CLASS_NAMES = ATLAS_CLASSES
     DEFAULT_BAND = "unknown"
     DESCRIPTION = "ATLAS variable stars (Heinze et al. 2018), merged classes CB, DB, Mira, Other, Pulse."
@@ -213,6 +221,7 @@ class AtlasBuilder(_SurveyBuilder):
 class MachoBuilder(_SurveyBuilder):
     """MACHO R-band pretraining light curves (unlabelled: ``label = -1`` unless the source gives a Class)."""
 
+    DATASET_NAME = "astromer_macho"
     CLASS_NAMES = ALCOCK_CLASSES
     DEFAULT_BAND = "R"
     DESCRIPTION = "MACHO LMC R-band light curves for self-supervised pretraining (instrumental magnitudes)."

@@ -8,6 +8,14 @@ For each fold ``k`` (an independent random draw, seeded by ``(seed, k)``):
    **validation** = ``int(val_fraction · spc)`` curves *per class* (stratified), without replacement;
    **train** = ``spc`` curves per class from what is left, **without replacement**.
 
+**Small classes.** Test and train sizes are the protocol and are never reduced: a class with fewer than
+``test_per_class + spc`` curves is a :class:`FoldError` that names it. Validation takes what such a class has left:
+``min(int(val_fraction · spc), n_class - test_per_class - spc)`` curves, possibly none (e.g. RRc, 104 curves, at
+40 test and 60 train per class keeps 4 for validation instead of 12). ``val_fraction=0`` makes no validation split.
+
+**Labels** are integers (``-1`` = unlabelled, ignored) or a ``ClassLabel``; a text label column (a user's own
+table) is encoded to a ``ClassLabel`` with the class names in sorted order first.
+
 Deviations from the official A2 ``create_datasets.py`` (each reproducible with an option):
 
 * upstream draws train with ``replace=True`` (duplicates possible; the A1 notebook drew without). We default to
@@ -50,6 +58,23 @@ def _per_class_indices(labels: np.ndarray) -> dict[int, np.ndarray]:
     return {int(c): np.flatnonzero(labels == c) for c in np.unique(labels)}
 
 
+def encode_text_labels(dataset: datasets.Dataset) -> datasets.Dataset:
+    """``dataset`` with a text ``label`` column encoded as a ``ClassLabel`` (names in sorted order); other label
+    columns are returned unchanged."""
+    feature = dataset.features.get("label")
+    if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+        return dataset.class_encode_column("label")
+    return dataset
+
+
+def small_class_validation_size(n_val: int, pool: int, spc: int, with_replacement: bool = False) -> int:
+    """Validation curves of one class: ``n_val``, or what the class has left after its ``spc`` training curves
+    when that is fewer (``pool`` = the class's curves outside the test set)."""
+    if with_replacement:
+        return min(n_val, max(pool - 1, 0))
+    return max(0, min(n_val, pool - spc))
+
+
 def make_fewshot_splits(
     dataset: datasets.Dataset,
     n_folds: int = 3,
@@ -63,9 +88,11 @@ def make_fewshot_splits(
 ) -> dict[tuple[int, int], datasets.DatasetDict]:
     """Few-shot splits ``{(fold, spc): DatasetDict(train, validation, test)}`` (protocol in the module docstring).
 
-    ``dataset`` needs an integer ``label`` column (a ``ClassLabel`` keeps its names); labels ``-1`` (unlabelled) are
-    ignored. Every class must have at least ``test_per_class + int(val_fraction·spc) + spc`` curves (``spc`` → 1 with
-    replacement), else :class:`FoldError` names the class. Same arguments ⇒ the same rows in the same order.
+    ``dataset`` needs a ``label`` column: integers (a ``ClassLabel`` keeps its names) or text (encoded, see the
+    module docstring); labels ``-1`` (unlabelled) are ignored. Every class must have at least
+    ``test_per_class + spc`` curves (``spc`` → 1 with replacement), else :class:`FoldError` names the class; a class
+    short of validation curves gets fewer (the small-class rule). Same arguments ⇒ the same rows in the same
+    order.
     """
     if n_folds < 1 or test_per_class < 1:
         raise FoldError(f"n_folds and test_per_class must be >= 1, got {n_folds}, {test_per_class}")
@@ -76,22 +103,20 @@ def make_fewshot_splits(
         raise FoldError(f"samples_per_class must be positive integers, got {samples_per_class}")
     if "label" not in dataset.column_names:
         raise FoldError(f"dataset has no 'label' column (columns: {dataset.column_names})")
+    dataset = encode_text_labels(dataset)
     labels = np.asarray(dataset.with_format("numpy")["label"], dtype=np.int64)
     names = _label_names(dataset)
     by_class = {c: idx for c, idx in _per_class_indices(labels).items() if c >= 0}
+    if not by_class:
+        raise FoldError("dataset has no labelled curves (every label is -1)")
     for c, idx in by_class.items():
-        n_val = int(val_fraction * max(spcs))
-        need = (
-            test_per_class
-            + (n_val if stratified_validation else 0)
-            + (1 if train_with_replacement else max(spcs))
-        )
+        need = test_per_class + (1 if train_with_replacement else max(spcs))
         if len(idx) < need:
             name = names[c] if 0 <= c < len(names) else str(c)
             raise FoldError(
                 f"class {name!r} (label {c}) has {len(idx)} curves; the protocol needs {need} "
-                f"(test {test_per_class} + validation {n_val if stratified_validation else 0} + train "
-                f"{'1 (with replacement)' if train_with_replacement else max(spcs)})"
+                f"(test {test_per_class} + train {'1 (with replacement)' if train_with_replacement else max(spcs)}; "
+                "validation takes what is left)"
             )
 
     splits: dict[tuple[int, int], datasets.DatasetDict] = {}
@@ -111,8 +136,9 @@ def make_fewshot_splits(
             if stratified_validation:
                 for c, pool in pools.items():
                     order = rng.permutation(pool)
-                    val_parts.append(np.sort(order[:n_val]))
-                    remaining[c] = np.sort(order[n_val:])
+                    class_val = small_class_validation_size(n_val, len(pool), spc, train_with_replacement)
+                    val_parts.append(np.sort(order[:class_val]))
+                    remaining[c] = np.sort(order[class_val:])
             else:
                 everything = np.concatenate(list(pools.values()))
                 val = rng.choice(everything, size=min(n_val, len(everything)), replace=False)

@@ -298,7 +298,7 @@ def test_fewshot_upstream_options_and_errors(labelled: datasets.Dataset) -> None
     assert len(dd["validation"]) == 40
     assert len(set(dd["train"]["id"])) < len(dd["train"])  # duplicates, as upstream
     assert not set(dd["train"]["id"]) & set(dd["test"]["id"])
-    with pytest.raises(FoldError, match=r"class 'Cep_0' \(label 0\) has \d+ curves; the protocol needs 1180"):
+    with pytest.raises(FoldError, match=r"class 'Cep_0' \(label 0\) has \d+ curves; the protocol needs 1000"):
         make_fewshot_splits(labelled, samples_per_class=(900,))
 
 
@@ -444,3 +444,25 @@ def test_publish_dry_run_loads_and_push_is_mocked(tmp_path: Path, capsys: pytest
     assert "README.md" in paths
     assert "data/fold0_spc5/test-00000-of-00001.parquet" in paths
     assert create_commit.call_args.kwargs["repo_type"] == "dataset"
+
+
+def test_fewshot_small_class_keeps_test_and_train_and_shrinks_validation() -> None:
+    """A class of 104 curves at 40 test + 60 train per class: validation gets the 4 curves left (not 12); text
+    labels of a user's table are encoded to a ClassLabel."""
+    counts = {"RRab": 150, "RRc": 104}
+    names = [name for name, n in counts.items() for _ in range(n)]
+    table = datasets.Dataset.from_dict({"id": [str(i) for i in range(len(names))], "label": names})
+    splits = make_fewshot_splits(table, n_folds=2, test_per_class=40, samples_per_class=(20, 60), seed=1)
+    assert splits[(0, 60)]["train"].features["label"].names == ["RRab", "RRc"]
+    for fold in range(2):
+        dd = splits[(fold, 60)]
+        assert Counter(dd["test"]["label"]) == {0: 40, 1: 40}
+        assert Counter(dd["train"]["label"]) == {0: 60, 1: 60}
+        assert Counter(dd["validation"]["label"]) == {0: 12, 1: 4}
+        assert Counter(splits[(fold, 20)]["validation"]["label"]) == {0: 4, 1: 4}
+        ids = [set(dd[s]["id"]) for s in ("train", "validation", "test")]
+        assert not (ids[0] & ids[1]) and not (ids[0] & ids[2]) and not (ids[1] & ids[2])
+    none = make_fewshot_splits(table, n_folds=1, test_per_class=40, samples_per_class=(60,), val_fraction=0.0)
+    assert len(none[(0, 60)]["validation"]) == 0
+    with pytest.raises(FoldError, match=r"class 'RRc' \(label 1\) has 104 curves; the protocol needs 105"):
+        make_fewshot_splits(table, test_per_class=40, samples_per_class=(65,))

@@ -57,16 +57,21 @@ def test_reconstruction_examples_hold_the_real_points_and_the_model_output(tmp_p
         np.testing.assert_allclose(example.error, curve[:n, 2], atol=1e-7, rtol=0)
         n_probed, _, _ = probing_counts(np.array([n]), 0.5, 0.0, 0.0)
         assert example.hidden.sum() == n_probed[0]  # every probed point is hidden
-        # the reconstruction is the model's output for this window with those points hidden
+        # the reconstruction is the model's output for this window with those points hidden: centred on the
+        # visible points, the hidden ones shown at that centre, so a model without a MASK token cannot read them
         features = extractor(
             [curve[:n]], return_tensors="pt"
         )  # 200 points give 2 identical windows: use the first
         hidden = torch.zeros(1, 200, dtype=torch.long)
         hidden[0, :n] = torch.from_numpy(example.hidden.astype(np.int64))
         with torch.no_grad():
+            visible = features["attention_mask"][:1].bool() & ~hidden.bool()
+            visible_mean = features["magnitudes"][:1][visible].mean()
+            inputs = (features["magnitudes"][:1] - visible_mean).masked_fill(~visible, 0.0)
             direct = (
-                model(
-                    features["magnitudes"][:1],
+                visible_mean.double().item()
+                + model(
+                    inputs,
                     features["times"][:1],
                     features["attention_mask"][:1],
                     mask_positions=hidden,
@@ -159,3 +164,22 @@ def test_bad_logs_and_targets(tmp_path):
     with pytest.raises(ValueError, match="must end in .png"):
         plot_embedding_map(np.eye(3), None, tmp_path / "map.jpg")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "empty.jsonl", "keep.png"]
+
+
+def test_reconstruction_never_reads_the_hidden_magnitudes():
+    """With the released Astromer 1 (no MASK token), changing the magnitudes of the hidden points leaves their
+    reconstruction unchanged: they are predicted from the other points only."""
+    from modeling_astromer import bundled_model_path
+
+    folder = bundled_model_path("astromer1-macho")
+    model = AstromerForMaskedReconstruction.from_pretrained(folder).eval()
+    assert not model.config.use_mask_token
+    extractor = AstromerFeatureExtractor.from_pretrained(folder)
+    curve = _curves()[0][:150]
+    (example,) = masked_reconstruction_examples(model, extractor, [curve], seed=1)
+    shifted = curve.copy()
+    shifted[example.hidden, 1] += np.random.default_rng(0).normal(0, 0.3, int(example.hidden.sum()))
+    (again,) = masked_reconstruction_examples(model, extractor, [shifted], seed=1)
+    np.testing.assert_array_equal(again.hidden, example.hidden)
+    np.testing.assert_allclose(again.reconstruction, example.reconstruction, atol=1e-5, rtol=0)
+    assert not np.allclose(again.magnitude, example.magnitude)

@@ -96,12 +96,12 @@ def usage_error(parser: argparse.ArgumentParser, exc: Exception) -> int:
 
 
 def entry_point_parser(
-    prog: str, description: str
+    prog: str, description: str, **parser_options: Any
 ) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup, argparse._MutuallyExclusiveGroup]:
     """The parser of a training entry point, with its ``data`` group and the mutually exclusive data sources in it
-    (each entry point adds its own sources and options)."""
+    (each entry point adds its own sources and options); ``parser_options`` go to ``ArgumentParser``."""
     parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter, **parser_options
     )
     data = parser.add_argument_group("data")
     return parser, data, data.add_mutually_exclusive_group()
@@ -120,13 +120,15 @@ def run_entry_point(
     config_type: Callable[..., Any],
     run: Callable[[Any], Any],
     argv: Sequence[str] | None,
+    parse: Callable[[argparse.ArgumentParser, Sequence[str] | None], argparse.Namespace] | None = None,
 ) -> tuple[int, Any, Any]:
-    """Parse ``argv`` into ``config_type`` (every flag is the field of the same name) and ``run`` it.
+    """Parse ``argv`` (with ``parse`` when given, else ``parser.parse_args``) into ``config_type`` (every flag is the
+    field of the same name) and ``run`` it.
 
     Returns ``(0, config, result)``, or ``(2, None, None)`` after printing a one-line error for any
     ``AstromerError`` (bad flags, data sources, folds, light curves), as argparse prints its own.
     """
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv) if parse is None else parse(parser, argv)
     configure_process()
     try:
         config = config_type(**vars(args))

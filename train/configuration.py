@@ -10,11 +10,13 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 from astromer_kernels.registry import packed_attention_implementations
+from modeling_astromer import bundled_models
 
 from .cli_utils import (
     UsageError,
@@ -45,8 +47,18 @@ MIXED_PRECISION = (None, "no", "fp16", "bf16")
 COMPILE_MODES = ("auto", "default", "reduce-overhead")
 REPORT_TO = ("auto", "jsonl", "tensorboard", "all", "none")
 CLASS_PROPORTIONS = ("published", "uniform")
+#: Pretraining learning rates: the official one from scratch, and continued pretraining's (``init_from``).
+FROM_SCRATCH_LEARNING_RATE = 1e-3
+CONTINUED_LEARNING_RATE = 1e-4
 POOLING = ("skip", "mean", "max")
 CLASSIFIER_ATTENTION = ("sdpa", "eager")
+#: ``mlp``: the paper's classification head trained with ``Trainer``; ``linear``: a logistic-regression probe on the
+#: frozen encoder's window embeddings (scikit-learn).
+CLASSIFIERS = ("mlp", "linear")
+#: Baselines ``astromer evaluate`` can score in the same folds (``features``: light-curve features + random forest).
+BASELINES = (None, "features")
+#: ``TrainingArguments`` fields the fine-tuning stage sets from its own options: not accepted as pass-through flags.
+RESERVED_TRAINER_ARGUMENTS = ("output_dir",)
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,14 @@ def _has_model_config(folder: str) -> bool:
     return (Path(folder) / "config.json").is_file()
 
 
+def _resolve_bundled(config: Any, name: str) -> None:
+    """A bundled model name (``astromer1-macho``) in a model field becomes the folder of those weights."""
+    value = getattr(config, name)
+    bundled = bundled_models()
+    if isinstance(value, str) and value in bundled and not Path(value).exists():
+        object.__setattr__(config, name, str(bundled[value]))
+
+
 # ---------------------------------------------------------------------------------------------------- pretraining
 @dataclass(frozen=True, kw_only=True)
 class PretrainingConfig:
@@ -77,8 +97,10 @@ class PretrainingConfig:
     The data come from ``dataset`` (a ``save_to_disk`` folder, parquet files or an offline ``load_dataset`` name),
     ``synthetic`` (that many generated curves) or ``curves`` (cleaned curves given directly, e.g. by a fine-tuning
     stage); exactly one of them. Architecture fields left ``None`` take the Astromer 2 values; with ``init_from``
-    the architecture comes from the checkpoint. ``attn_implementation="auto"`` is sdpa for padded batches and
-    astromer_varlen for packed ones (``packing``). ``resume`` is ``"latest"`` or a checkpoint folder.
+    the architecture comes from the checkpoint. ``learning_rate`` left ``None`` is the official 1e-3 from scratch
+    and :data:`CONTINUED_LEARNING_RATE` with ``init_from`` (continued pretraining: 1e-3 quickly overfits a small
+    survey, the paper's fine-tuning rate 1e-5 barely moves the weights). ``attn_implementation="auto"`` is sdpa for
+    padded batches and astromer_varlen for packed ones (``packing``). ``resume`` is ``"latest"`` or a checkpoint folder.
 
     ``compile`` runs the training loss (forward and backward) as one ``torch.compile`` graph; with ``packing`` every
     training batch is then padded to a fixed token budget, ``max_tokens`` tokens in ``max_sequences`` sequences, so
@@ -118,7 +140,7 @@ class PretrainingConfig:
     max_tokens: int | None = None
     max_sequences: int | None = None
     # optimisation
-    learning_rate: float = 1e-3
+    learning_rate: float | None = None
     adam_beta1: float = 0.9
     adam_beta2: float = 0.98
     adam_epsilon: float = 1e-9
@@ -167,6 +189,10 @@ class PretrainingConfig:
 
     def __post_init__(self) -> None:
         _store_paths_as_text(self, ("output_dir", "dataset", "init_from", "resume"))
+        _resolve_bundled(self, "init_from")
+        if self.learning_rate is None:
+            rate = CONTINUED_LEARNING_RATE if self.init_from is not None else FROM_SCRATCH_LEARNING_RATE
+            object.__setattr__(self, "learning_rate", rate)
         check_fields(self, self.RULES, self.CHOICES)
         self._check_data_source()
         self._check_model()
@@ -255,13 +281,25 @@ class PretrainingConfig:
 # ------------------------------------------------------------------------------------------------- fine-tuning
 @dataclass(frozen=True, kw_only=True)
 class FinetuningOptions:
-    """The fine-tuning protocol shared by ``astromer finetune`` and ``astromer evaluate``: continued
-    self-supervised training of the ``model`` encoder (the ``ssl_*`` fields; ``skip_ssl`` leaves it out), then the
-    classifier on the frozen encoder with ``Trainer``."""
+    """The fine-tuning protocol shared by ``astromer finetune`` and ``astromer evaluate``: optional continued
+    self-supervised training of the ``model`` encoder (the ``ssl_*`` fields; ``skip_ssl`` leaves it out), then a
+    classifier: the paper's MLP head with ``Trainer`` (``classifier="mlp"``; frozen encoder unless
+    ``train_encoder``) or a logistic-regression probe on the frozen window embeddings (``classifier="linear"``).
+
+    ``model`` is a ``save_pretrained`` folder or a bundled model name (``astromer1-macho``). The MLP defaults (Adam
+    lr 1e-4, batch 16, at most 300 epochs, early stopping after 30 without a lower validation loss, the weights of
+    the epoch with the lowest validation loss: ``best_on_validation``) scored best on validation among the MLP
+    settings tried on the bundled RR Lyrae sample. The paper's settings (lr 1e-5, batch 256, patience 40,
+    final-epoch weights) take one optimizer step per epoch on a few-shot split and had not converged after 141
+    epochs.
+    ``trainer_arguments`` are ``TrainingArguments`` fields (``report_to``, ``bf16``, ``gradient_checkpointing``,
+    ``push_to_hub``...) that override the values derived from the other options.
+    """
 
     model: str
     attn_implementation: str = "sdpa"
     pooling: str = "skip"
+    classifier: str = "mlp"
     train_encoder: bool = False
     mixed_precision: str | None = None
     skip_ssl: bool = False
@@ -271,13 +309,15 @@ class FinetuningOptions:
     ssl_batch_size: int = 256
     ssl_patience: int = 20
     mask_token: bool | None = None
-    epochs: int = 10000
-    learning_rate: float = 1e-5
-    batch_size: int = 256
-    patience: int = 40
+    epochs: int = 300
+    learning_rate: float = 1e-4
+    batch_size: int = 16
+    patience: int = 30
+    best_on_validation: bool = True
     seed: int = 0
     dataloader_workers: int = 0
     quiet: bool = False
+    trainer_arguments: Mapping[str, Any] = field(default_factory=dict)
 
     RULES: ClassVar[dict[str, ValueRule]] = {
         "ssl_epochs": positive_int, "ssl_max_steps": positive_int, "ssl_learning_rate": positive_float,
@@ -287,7 +327,7 @@ class FinetuningOptions:
     }  # fmt: skip
     CHOICES: ClassVar[dict[str, tuple]] = {
         "attn_implementation": CLASSIFIER_ATTENTION, "pooling": POOLING, "mixed_precision": MIXED_PRECISION,
-        "mask_token": (None, True, False),
+        "mask_token": (None, True, False), "classifier": CLASSIFIERS,
     }  # fmt: skip
 
     PATH_FIELDS: ClassVar[tuple[str, ...]] = ("model",)
@@ -298,11 +338,30 @@ class FinetuningOptions:
 
     def _check_fields(self) -> None:
         _store_paths_as_text(self, self.PATH_FIELDS)
+        _resolve_bundled(self, "model")
         check_fields(self, self.RULES, self.CHOICES)
+        self._check_trainer_arguments()
+        if self.classifier == "linear" and self.train_encoder:
+            raise UsageError("--train-encoder needs --classifier mlp (the linear probe reads frozen embeddings)")
+
+    def _check_trainer_arguments(self) -> None:
+        arguments = dict(self.trainer_arguments)
+        object.__setattr__(self, "trainer_arguments", arguments)
+        reserved = sorted(set(arguments) & set(RESERVED_TRAINER_ARGUMENTS))
+        if reserved:
+            raise UsageError(f"--{reserved[0]} is set by the fine-tuning run (use --output-dir)")
+        for precision in ("bf16", "fp16"):
+            if arguments.get(precision):
+                if self.mixed_precision not in (None, precision):
+                    raise UsageError(f"--{precision} contradicts --mixed-precision {self.mixed_precision}")
+                # both stages of a run share one precision: the continued pretraining gets it too
+                object.__setattr__(self, "mixed_precision", precision)
 
     def _check_model(self) -> None:
         if not _has_model_config(self.model):
-            raise UsageError(f"--model {self.model}: no config.json there (expected a save_pretrained folder)")
+            bundled = ", ".join(bundled_models()) or "none installed"
+            raise UsageError(f"--model {self.model}: no config.json there (expected a save_pretrained folder or a "
+                             f"bundled model name: {bundled})")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -349,7 +408,8 @@ class FinetuningConfig(FinetuningOptions):
 class EvaluationConfig(FinetuningOptions):
     """The few-shot table (``astromer evaluate``): the fine-tuning protocol for every fold and samples-per-class
     (``spc``) value. The folds come from ``folds_dir`` (``fold{k}_spc{n}/`` folders) or are drawn from a labelled
-    ``dataset`` (its ``split``) or from ``synthetic`` curves."""
+    ``dataset`` (its ``split``) or from ``synthetic`` curves. ``baseline="features"`` also scores light-curve
+    features + a random forest in the same folds (needs the ``light-curve`` package: the ``baselines`` extra)."""
 
     output_dir: str
     overwrite: bool = False
@@ -363,12 +423,13 @@ class EvaluationConfig(FinetuningOptions):
     spc: tuple[int, ...] = (20, 100, 500)
     test_per_class: int = 100
     split: str = "train"
+    baseline: str | None = None
 
     RULES: ClassVar[dict[str, ValueRule]] = {
         **FinetuningOptions.RULES, "synthetic": positive_int, "folds": positive_int, "test_per_class": positive_int,
     }  # fmt: skip
     CHOICES: ClassVar[dict[str, tuple]] = {
-        **FinetuningOptions.CHOICES, "survey": SURVEYS, "class_proportions": CLASS_PROPORTIONS,
+        **FinetuningOptions.CHOICES, "survey": SURVEYS, "class_proportions": CLASS_PROPORTIONS, "baseline": BASELINES,
     }  # fmt: skip
 
     PATH_FIELDS: ClassVar[tuple[str, ...]] = ("model", "output_dir", "folds_dir", "dataset")
@@ -388,6 +449,9 @@ class EvaluationConfig(FinetuningOptions):
             if value is not None and not Path(value).exists():
                 raise UsageError(f"{flag(name)} {value}: no such file or folder")
         self._check_model()
+        if self.baseline == "features" and importlib.util.find_spec("light_curve") is None:
+            raise UsageError("--baseline features needs the light-curve package: pip install 'astromer-hf[baselines]' "
+                             "(or pip install light-curve)")
         if not self.spc:
             raise UsageError("--spc needs at least one value")
         if len(set(self.spc)) != len(self.spc):
@@ -403,6 +467,8 @@ class EvaluationConfig(FinetuningOptions):
 __all__ = [
     "ATTENTION_IMPLEMENTATIONS",
     "AUTOMATIC_ATTENTION",
+    "BASELINES",
+    "CLASSIFIERS",
     "COMPILE_MODES",
     "EvaluationConfig",
     "FinetuningConfig",

@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "the most a batch of the data can need)")
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--learning-rate", type=positive_float, default=1e-3)
+    optim.add_argument("--learning-rate", type=positive_float, default=None,
+                       help="default 1e-3 from scratch, 1e-4 with --init-from (continued pretraining)")
     optim.add_argument("--adam-beta1", type=fraction, default=0.9)
     optim.add_argument("--adam-beta2", type=fraction, default=0.98)
     optim.add_argument("--adam-epsilon", type=positive_float, default=1e-9)

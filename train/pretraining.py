@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,14 +100,28 @@ def prepare_run_folder(config: PretrainingConfig) -> tuple[Path, Path | None]:
     return output_dir, resume_from
 
 
+def launched_on_cpu() -> bool:
+    """Whether this is one of several processes launched on a machine without an accelerator device.
+
+    ``accelerate launch`` starts every process with ``WORLD_SIZE`` set, but on a CPU an ``Accelerator`` joins them
+    into one (gloo) process group only when told to run on the CPU; otherwise each process trains alone and they
+    race in one output folder. Single processes keep Accelerate's own device choice.
+    """
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
+
+
 def start_accelerator(config: PretrainingConfig, output_dir: Path) -> Accelerator:
     """The run's ``Accelerator`` with its trackers; clears the run folder for ``overwrite`` and seeds every RNG."""
     accelerator = Accelerator(
+        cpu=launched_on_cpu(),
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with=build_trackers(config.report_to, config.run_name, output_dir / "logs") or None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
+    deepspeed = accelerator.state.deepspeed_plugin
+    if deepspeed is not None:  # DeepSpeed clips inside its engine (clip_grad_norm_ is a no-op there): 0 = none
+        deepspeed.deepspeed_config["gradient_clipping"] = float(config.max_grad_norm or 0.0)
     if config.overwrite and accelerator.is_main_process:
         clear_output_dir(output_dir)
     accelerator.wait_for_everyone()
