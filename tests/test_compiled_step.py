@@ -8,6 +8,7 @@ inductor, the backend ``pretrain --compile`` uses.
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -16,10 +17,11 @@ import torch._dynamo
 from accelerate.utils import DistributedType
 from curve_factories import synthetic_windows
 from torch._dynamo.testing import CompileCounterWithBackend
+from torch._dynamo.utils import counters
 
 import astromer_train.pretraining as pretraining
 from astromer_kernels.attention import ops
-from astromer_train import PretrainingConfig, UsageError, run_pretraining
+from astromer_train import PretrainingConfig, UsageError, pretrain, run_pretraining
 from astromer_train.compiled_loss import CompiledTrainingLoss, eager_training_loss
 from astromer_train.data import DeterministicMaskingCollator, WindowDataset
 from astromer_train.token_budgets import TokenBudget, choose_token_budgets, window_lengths
@@ -37,6 +39,7 @@ BUDGET = AstromerPackingCollator(max_tokens=160, max_seqlen=64, pad_to_budget=Tr
 @pytest.fixture(autouse=True)
 def fresh_dynamo():
     torch._dynamo.reset()
+    counters.clear()
     yield
     torch._dynamo.reset()
 
@@ -86,6 +89,7 @@ def test_packed_budget_step_is_one_graph_for_every_length_mix(implementation):
         assert_same_step(loss_and_gradients(model, compiled, batch),
                          loss_and_gradients(model, eager_training_loss(model), batch))
     assert counter.frame_count == 1  # fullgraph: one graph, compiled once for all five mixes
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]  # the same, as Dynamo counts
     # the same trace without fullgraph: no break anywhere (the blocked op's kept probabilities have a size that
     # depends on the data, which a split trace accepts with capture_dynamic_output_shape_ops)
     torch._dynamo.reset()
@@ -186,6 +190,28 @@ def test_pretraining_with_compile_equals_eager_pretraining(tmp_path, monkeypatch
                for name in summaries}
     for name, tensor in weights["eager"].items():
         torch.testing.assert_close(weights["compiled"][name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_pretrain_command_with_compile_runs_end_to_end(tmp_path):
+    """``astromer pretrain --compile --packing`` with the backend it uses (inductor) on a tiny synthetic run: every
+    training step runs the one compiled graph (the budget-padded batches of random windows all share its shape), the
+    run ends with a model that loads and reconstructs finite magnitudes."""
+    out = tmp_path / "run"
+    tiny = ["--num-layers", "1", "--hidden-size", "32", "--num-heads", "2", "--intermediate-size", "32"]
+    assert pretrain.main(["--synthetic", "24", *tiny, "--batch-size", "6", "--max-steps", "4", "--packing",
+                          "--attn-implementation", "astromer_blocked", "--compile", "--report-to", "none", "--quiet",
+                          "--output-dir", str(out)]) == 0
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["global_step"] == 4 and summary["arguments"]["compile"] is True
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+    assert counters["aot_autograd"]["ok"] == 1 and counters["inductor"]["fxgraph_cache_miss"] + counters[
+        "inductor"]["fxgraph_cache_hit"] >= 1  # one forward/backward pair, code generated (or reused) by inductor
+    model = AstromerForMaskedReconstruction.from_pretrained(out).eval()
+    batch = AstromerMaskingCollator(seed=0)(synthetic_windows([30, 12], seed=0))
+    with torch.no_grad():
+        reconstruction = model(**{k: v for k, v in batch.items() if k != "errors"}).reconstruction
+    assert torch.isfinite(reconstruction).all()
 
 
 def test_cuda_graphs_need_a_cuda_device(tmp_path):

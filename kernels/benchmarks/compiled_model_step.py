@@ -14,9 +14,10 @@ change in the machine's speed affects all rows alike):
 
 Packed rows use ``astromer_blocked`` on a CPU and ``astromer_varlen`` on CUDA. Each row trains its own copy of the
 same initial model on the same batches; the last round's losses of the eager and compiled budget rows are printed as a
-check that they train alike. Reported per row: the median time per step over the rounds (on a CPU, the wall time;
-on CUDA, also the host time until the step returns and the device time between CUDA events) and the time of the
-first steps (compilation), taken once for every batch shape before the timed rounds. Like the CLI, it first lets
+check that they train alike. Reported per row: the median time per step over the rounds (the wall time, and the
+process's CPU time summed over its threads, which other processes on a shared machine disturb less; on CUDA also the
+host time until the step returns and the device time between CUDA events) and the time of the first steps
+(compilation), taken once for every batch shape before the timed rounds. Like the CLI, it first lets
 glibc keep freed memory (:mod:`astromer_kernels.allocator`).
 """
 
@@ -81,6 +82,7 @@ class Row:
     captured: bool = False
     batches: list[dict] = field(default_factory=list)
     step_times: list[float] = field(default_factory=list)
+    cpu_times: list[float] = field(default_factory=list)
     host_times: list[float] = field(default_factory=list)
     device_times: list[float] = field(default_factory=list)
     first_steps: float = 0.0
@@ -107,21 +109,22 @@ def build_step(row: Row, config: AstromerConfig, device: torch.device, precision
     return step
 
 
-def timed(step, batch: dict, device: torch.device) -> tuple[float, float, float, float]:
-    """(wall, host, device seconds, loss) of one step; host and device only on CUDA (else NaN)."""
+def timed(step, batch: dict, device: torch.device) -> tuple[float, float, float, float, float]:
+    """(wall, process CPU, host, device seconds, loss) of one step; host and device only on CUDA (else NaN)."""
     if device.type != "cuda":
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         loss = float(step(batch))
-        return time.perf_counter() - start, float("nan"), float("nan"), loss
+        return time.perf_counter() - start, time.process_time() - cpu_start, float("nan"), float("nan"), loss
     torch.cuda.synchronize(device)
     begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     begin.record()
     loss_tensor = step(batch)
     end.record()
     host = time.perf_counter() - start
     torch.cuda.synchronize(device)
-    return time.perf_counter() - start, host, begin.elapsed_time(end) / 1e3, float(loss_tensor)
+    cpu = time.process_time() - cpu_start
+    return time.perf_counter() - start, cpu, host, begin.elapsed_time(end) / 1e3, float(loss_tensor)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -163,8 +166,10 @@ def run_mix(mix: str, args, config: AstromerConfig, device: torch.device) -> tup
     for _ in range(args.rounds):
         for batch_index in range(args.batches):
             for row in rows:
-                wall, host, device_time, row.last_loss = timed(steps[row.name], row.batches[batch_index], device)
+                wall, cpu, host, device_time, row.last_loss = timed(steps[row.name], row.batches[batch_index],
+                                                                     device)
                 row.step_times.append(wall)
+                row.cpu_times.append(cpu)
                 row.host_times.append(host)
                 row.device_times.append(device_time)
     facts = {"useful": statistics.mean(useful), "budgets": budgets, "fallbacks": fallbacks}
@@ -191,32 +196,34 @@ def main() -> None:
           f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}), B={args.windows} windows, A2 ({args.layers} layers, "
           f"d=256), {args.precision}, MASK token, no dropout, Adam; {allocator}")
     print(host_description())
-    timing = "median ms per step over rounds x batches (host / device ms on CUDA)"
-    print(f"{timing}; ratio = padded eager / row; first steps = every batch shape once, compilation included")
+    timing = "median ms per step over rounds x batches: wall (host / device ms on CUDA) and process CPU ms"
+    print(f"{timing}; ratios = padded eager / row; first steps = every batch shape once, compilation included")
     for mix in args.mixes.split(","):
         rows, facts = run_mix(mix, args, config, device)
         budget_text = ", fallback ".join(f"{b.max_tokens} tokens / {b.max_sequences} sequences"
                                          for b in facts["budgets"])
         print(f"\n### {mix}: {facts['useful']:.1%} useful tokens in a padded batch; budget {budget_text} "
               f"({facts['fallbacks']} of {args.batches} batches used the fallback)")
-        print("| row | attention | ms per step | × padded eager | first steps (s) |")
-        print("|---|---|---|---|---|")
-        baseline = statistics.median(rows[0].step_times)
+        print("| row | attention | wall ms per step | × padded eager | CPU ms per step | × padded eager | "
+              "first steps (s) |")
+        print("|---|---|---|---|---|---|---|")
+        baseline, cpu_baseline = statistics.median(rows[0].step_times), statistics.median(rows[0].cpu_times)
         for row in rows:
-            median = statistics.median(row.step_times)
+            median, cpu = statistics.median(row.step_times), statistics.median(row.cpu_times)
             cell = f"{median * 1e3:.0f}"
             if device.type == "cuda":
                 cell += (f" ({statistics.median(row.host_times) * 1e3:.1f} / "
                          f"{statistics.median(row.device_times) * 1e3:.1f})")
-            print(f"| {row.name} | {row.implementation} | {cell} | {baseline / median:.2f}x | "
-                  f"{row.first_steps:.1f} |")
+            print(f"| {row.name} | {row.implementation} | {cell} | {baseline / median:.2f}x | {cpu * 1e3:.0f} | "
+                  f"{cpu_baseline / cpu:.2f}x | {row.first_steps:.1f} |")
         by_name = {row.name: row for row in rows}
         compiled = by_name["budget compiled"]
         for reference in (by_name["budget eager"], by_name["packed eager"]):
-            paired = [c / e for c, e in zip(compiled.step_times, reference.step_times)]
-            print(f"budget compiled / {reference.name}: {statistics.median(paired):.2f} of the time per step "
-                  f"(median of the {len(paired)} step-by-step ratios in the same rounds; min {min(paired):.2f}, "
-                  f"max {max(paired):.2f})")
+            for measure in ("step_times", "cpu_times"):
+                paired = [c / e for c, e in zip(getattr(compiled, measure), getattr(reference, measure))]
+                print(f"budget compiled / {reference.name}, {'wall' if measure == 'step_times' else 'CPU'} time: "
+                      f"{statistics.median(paired):.2f} (median of the {len(paired)} step-by-step ratios in the same "
+                      f"rounds; min {min(paired):.2f}, max {max(paired):.2f})")
         print(f"last loss: budget eager {by_name['budget eager'].last_loss:.6f}, budget compiled "
               f"{compiled.last_loss:.6f}", flush=True)
     print(f"\n{host_description()}")
