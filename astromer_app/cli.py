@@ -2,7 +2,8 @@
 
 Subcommands (``astromer <command> --help`` for each):
 
-- ``embed``: CSV/Parquet light curves (files or folders) -> one Parquet file with one embedding per light curve;
+- ``embed``: CSV/Parquet light curves (files, folders, datasets folders) -> Parquet with one embedding per light
+  curve (per band with ``--bands``), streamed, keep-going (``--on-error skip``), resumable, over many processes;
 - ``pretrain`` / ``finetune`` / ``evaluate``: the training entry points of ``astromer_train`` (same options);
 - ``push-to-hub``: a complete Hub repository (weights, configs, remote code, model card), uploaded or written;
 - ``convert``: an official TensorFlow checkpoint -> a Hugging Face folder;
@@ -19,7 +20,6 @@ name and renamed at the end) and nothing is overwritten without ``--overwrite``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +27,7 @@ from pathlib import Path
 from transformers import AutoFeatureExtractor
 
 from astromer_kernels.allocator import keep_freed_memory
+from astromer_kernels.registry import packed_attention_implementations
 from astromer_train import evaluate_fewshot as evaluate_script
 from astromer_train import finetune as finetune_script
 from astromer_train import pretrain as pretrain_script
@@ -44,15 +45,9 @@ from modeling_astromer.errors import AstromerError, InputError
 from . import demo, release
 from .convert import PROVENANCE_FIELDS, convert_tf_checkpoint
 from .dataset_commands import folds_main, publish_main
-from .embedding import (
-    bf16_autocast,
-    check_output,
-    embed_records_to_parquet,
-    load_embedding_pipeline,
-    quiet_transformers,
-    read_embeddings,
-)
-from .light_curve_files import invalid_record_error, read_light_curve_files, read_table
+from .embedding import check_output, quiet_transformers, read_embeddings
+from .embedding_store import ERROR_COLUMNS
+from .light_curve_files import ColumnNames, invalid_record_error, read_light_curve_files, read_table
 from .onnx_export import CONVENTIONS, DEFAULT_OUTPUTS, OUTPUT_NAMES, export_onnx
 from .plots import (
     masked_reconstruction_examples,
@@ -60,6 +55,7 @@ from .plots import (
     plot_learning_curves,
     plot_reconstruction,
 )
+from .survey_embedding import ON_ERROR_MODES, EmbedOptions, run_embed
 
 __all__ = ["build_parser", "main"]
 
@@ -76,32 +72,29 @@ PASS_THROUGH_COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
 
 
 def _command_embed(args: argparse.Namespace) -> int:
-    output = Path(args.output)
-    check_output(output, args.overwrite, (".parquet",))
-    records = read_light_curve_files(
-        args.inputs,
-        id_column=args.id_column,
-        time_column=args.time_column,
-        mag_column=args.mag_column,
-        err_column=args.err_column,
-        label_column=args.label_column,
+    options = EmbedOptions(
+        inputs=list(args.inputs),
+        output=Path(args.output),
+        model=args.model,
+        pooling=args.pooling,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        bands=args.bands,
+        band_column=args.band_column,
+        columns=ColumnNames(args.id_column, args.time_column, args.mag_column, args.err_column, args.label_column),
+        on_error=args.on_error,
+        errors=None if args.errors is None else Path(args.errors),
+        resume=args.resume,
+        overwrite=args.overwrite,
+        chunk_size=args.chunk_size,
+        attn_implementation=args.attn_implementation,
+        padded=args.padded,
+        progress=not args.quiet,
     )
-    if any(Path(r.source).resolve() == output.resolve() for r in records):
-        raise InputError(f"{output}: the output file is also an input")
-    quiet_transformers()
-    pipe = load_embedding_pipeline(args.model, args.batch_size)
-    precision = bf16_autocast(pipe) if args.precision == "bf16" else contextlib.nullcontext()
-    with precision:
-        embed_records_to_parquet(
-            records,
-            pipe,
-            output,
-            pooling=args.pooling,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-            metadata={"model": args.model, "precision": args.precision},
-        )
-    print(f"wrote {len(records)} embeddings to {output}", file=sys.stderr)
+    summary = run_embed(options)
+    if summary.is_main_process:
+        skipped = f"; skipped {summary.n_skipped}, listed in {summary.errors}" if summary.errors is not None else ""
+        print(f"wrote {summary.n_embedded} embeddings to {summary.output}{skipped}", file=sys.stderr)
     return 0
 
 
@@ -224,6 +217,13 @@ def os_error_message(error: OSError) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------- parser
+def _band_list(text: str) -> list[str]:
+    bands = [band.strip() for band in text.split(",")]
+    if not all(bands) or len(set(bands)) != len(bands):
+        raise argparse.ArgumentTypeError(f"expected distinct band names separated by commas, got {text!r}")
+    return bands
+
+
 PROVENANCE_HELP: dict[str, str] = {
     "repository": "where the checkpoint was published (URL)",
     "commit": "the repository commit it was taken from",
@@ -249,22 +249,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     embed = commands.add_parser(
         "embed",
-        help="light curves (CSV/Parquet files or folders) -> one embedding per light curve (Parquet)",
+        help="light curves (CSV/Parquet files, folders, datasets folders) -> one embedding per light curve (Parquet)",
         description=(
             "Embed light curves. Each CSV/Parquet file holds one light curve (columns time/mag/err; aliases such as "
-            "mjd, magnitude, errmag are detected) or many in long format grouped by an id column. Folders are "
-            "searched recursively. Output: one row per light curve with id, source, n_observations, n_windows and "
-            "the embedding columns emb_000..."
+            "mjd, magnitude, errmag are detected) or many in long format grouped by an id column; a Parquet file "
+            "with list columns or a datasets folder (save_to_disk) holds one light curve per row. Folders are "
+            "searched recursively. The input is read in chunks and the embeddings are written as they are made, so "
+            "memory does not grow with the number of curves. Output: one row per light curve (per light curve and "
+            "band with --bands) with id, band, source, n_observations, n_windows and 'embedding' (a fixed-size "
+            "list of float32); a name ending in .parquet gives one file, any other name a folder of Parquet shards "
+            "(required with several processes: 'accelerate launch --num_processes N -m astromer_app embed ...'), "
+            "which datasets.load_dataset('parquet', data_dir=...) loads as one dataset."
         ),
     )
-    embed.add_argument("inputs", nargs="+", help="CSV/Parquet files or folders of them")
-    embed.add_argument("-o", "--output", required=True, help="output Parquet file")
+    embed.add_argument("inputs", nargs="+", help="CSV/Parquet files, folders of them, or datasets folders")
+    embed.add_argument("-o", "--output", required=True, help="output Parquet file (*.parquet) or folder")
     embed.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
     embed.add_argument(
         "--pooling", choices=POOLING_MODES, default="skip", help="per-window pooling (default skip)"
     )
     embed.add_argument(
-        "--batch-size", type=positive_int, default=64, help="windows per forward pass (default 64)"
+        "--batch-size", type=positive_int, default=64,
+        help="windows per forward pass (default 64); packed batches hold batch-size x 200 observations",
     )
     embed.add_argument(
         "--precision",
@@ -274,13 +280,47 @@ def build_parser() -> argparse.ArgumentParser:
         "instructions and on GPUs; embeddings change by about 1%% of their scale",
     )
     embed.add_argument(
+        "--bands", type=_band_list,
+        help="comma-separated bands to embed (e.g. r or g,r), each as its own light curve: one output row per "
+        "(id, band). Needed when a curve holds several bands (column band/filter/passband/fid/filtercode)",
+    )
+    embed.add_argument("--band-column", help="band column name (default: detect band/filter/passband/fid/...)")
+    embed.add_argument(
+        "--on-error", choices=ON_ERROR_MODES, default="fail",
+        help="fail (default): the first unreadable file or invalid curve stops the run, nothing is written; skip: "
+        "embed every good curve and list the others in --errors",
+    )
+    embed.add_argument(
+        "--errors",
+        help=f"CSV file listing the skipped curves ({', '.join(ERROR_COLUMNS)}); default: next to the output, "
+        "OUTPUT.errors.csv (OUTPUT without .parquet)",
+    )
+    embed.add_argument(
+        "--resume", action="store_true",
+        help="continue a run that was interrupted (killed, out of time): the curves already written are kept",
+    )
+    embed.add_argument(
+        "--chunk-size", type=positive_int, default=1024,
+        help="curves read, embedded and written at a time, per process (default 1024)",
+    )
+    embed.add_argument(
+        "--attn-implementation", default="auto",
+        choices=("auto", "sdpa", "eager", *packed_attention_implementations()),
+        help="auto (default): Astromer 2 runs its windows packed back to back (astromer_blocked on a CPU, "
+        "astromer_varlen on a GPU), Astromer 1 padded with sdpa",
+    )
+    embed.add_argument(
+        "--padded", action="store_true",
+        help="pad every window to 200 observations (the reference layout; slower for short curves)",
+    )
+    embed.add_argument(
         "--id-column", help="column grouping rows into light curves (default: detect id/object_id/...)"
     )
     embed.add_argument("--time-column", help="time column name (default: detect time/mjd/...)")
     embed.add_argument("--mag-column", help="magnitude column name (default: detect mag/magnitude/...)")
     embed.add_argument("--err-column", help="uncertainty column name (default: detect err/errmag/...)")
     embed.add_argument("--label-column", help="a per-curve class column copied to the output as 'label'")
-    embed.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+    embed.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     embed.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     embed.set_defaults(handler=_command_embed)
 

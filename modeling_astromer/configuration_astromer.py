@@ -1,5 +1,8 @@
 """Astromer configuration."""
 
+import os
+from pathlib import Path
+
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 
@@ -7,6 +10,22 @@ ATTENTION_BIAS_MODES = ("key_mask", "a1_query_key_bias")
 #: How a window becomes one vector: the paper's gamma-weighted "skip" embedding, or the masked "mean" / "max" of
 #: the last block (the model's ``embed``, the classifier input and the pipeline all take these names).
 POOLING_MODES = ("skip", "mean", "max")
+#: Converted released weights installed with the `astromer` package, one folder per name (e.g. `astromer1-macho`).
+#: A copy of this file downloaded as Hub remote code has no such folder, and names resolve to themselves.
+BUNDLED_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def resolve_bundled_name(name_or_path: str | os.PathLike) -> str | os.PathLike:
+    """The installed folder of a bundled model name such as `"astromer1-macho"`; anything else unchanged.
+
+    A bare name is not a Hub repository id the Hub serves (those are `owner/name`), so without this mapping
+    `from_pretrained("astromer1-macho")` would retry the network and fail. An existing local path always wins.
+    """
+    if isinstance(name_or_path, str) and "/" not in name_or_path and not os.path.exists(name_or_path):
+        folder = BUNDLED_WEIGHTS_DIR / name_or_path
+        if (folder / "config.json").is_file():
+            return str(folder)
+    return name_or_path
 
 
 @strict
@@ -155,6 +174,11 @@ class AstromerConfig(PreTrainedConfig):
         return cls(**preset)
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs) -> "AstromerConfig":
+        """As [`PreTrainedConfig.from_pretrained`]; a bundled model name (`"astromer1-macho"`) loads its folder."""
+        return super().from_pretrained(resolve_bundled_name(pretrained_model_name_or_path), *args, **kwargs)
+
+    @classmethod
     def astromer1(cls, **overrides) -> "AstromerConfig":
         """The 2021 Astromer 1 weights (661,505 parameters). Its outputs depend on padding: always pad to 200."""
         preset = dict(
@@ -175,4 +199,4 @@ class AstromerConfig(PreTrainedConfig):
         return cls(**preset)
 
 
-__all__ = ["AstromerConfig"]
+__all__ = ["AstromerConfig", "resolve_bundled_name"]

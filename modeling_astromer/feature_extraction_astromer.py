@@ -14,13 +14,16 @@ Pipeline of :class:`AstromerFeatureExtractor`, per light curve:
 
 1. **Parse** one ``(L, 3)`` array ``(time, mag, err)``, a structured array, a mapping / ``pandas.DataFrame``
    with time/mag/err columns (aliases below, case-insensitive) or an astropy-``Table``-like object (duck-typed:
-   ``.colnames`` plus column access).
+   ``.colnames`` plus column access). Tables may carry a band column (:data:`BAND_ALIASES`, or ``band_column=``).
 2. **Validate**: a clear :class:`LightCurveValidationError` names the curve (index and id) and the field for a
-   wrong shape, a non-numeric dtype, a non-finite *time*, an empty curve, or too few valid observations.
+   wrong shape, a non-numeric dtype, a non-finite or float16 *time*, an empty curve, several bands when none was
+   chosen, a missing requested band, or too few valid observations.
+   **Bands**: ``bands="r"`` keeps one band; ``bands=["g", "r"]`` makes each (curve, band) pair a light curve.
 3. **Clean** (:func:`clean_light_curves`, the official filter): drop rows whose magnitude or error is not finite or
    whose error is outside ``(0, max_error)``; sort by time with a stable sort when needed; handle repeated times
    according to ``duplicate_times``. What was dropped is counted per curve (:meth:`AstromerFeatureExtractor.clean`,
-   or ``return_cleaning_report=True``).
+   or ``return_cleaning_report=True``). Then every kept magnitude must lie within ``±max_abs_magnitude`` and a
+   curve's times must span at most ``max_time_span`` days; a curve outside is refused, naming the curve and field.
 4. **Window** (:func:`window_starts`): "sequential" uses the official pivots ``0, W, …, ⌊L/W⌋·W`` clamped to
    ``max(0, min(p, L−W))``, i.e. ``⌊L/W⌋+1`` windows. The last window overlaps the previous one, and when ``L`` is a
    multiple of ``W`` it is an exact duplicate (``L = 200`` gives two identical windows). This is what the official
@@ -35,7 +38,11 @@ Pipeline of :class:`AstromerFeatureExtractor`, per light curve:
    float32 mean, so its centred MJDs differ from float64 centring by up to ~0.078 d on the reference MACHO windows
    (a per-window constant from the float32 mean plus ≤ ~0.002 d per point). This extractor centres in float64,
    which matches TF to ~0.08 d in time and to float32 rounding in magnitude.
-6. **Pad** (:func:`pad_windows`) on the right (or left, ``padding_side``) to ``window_size`` with ``padding_value``.
+6. **Pad** (:func:`pad_windows`) on the right (or left, ``padding_side``) to ``window_size`` with ``padding_value``
+   (or, with ``padding=False``, leave the windows back to back for packed models).
+
+:meth:`AstromerFeatureExtractor.clean_batch` with ``on_error="collect"`` keeps going past refused curves and lists
+them (:class:`RejectedLightCurve`), for callers that embed every good curve of a survey.
 """
 
 from __future__ import annotations
@@ -48,15 +55,21 @@ from typing import Any, ClassVar
 import numpy as np
 from transformers.feature_extraction_utils import BatchFeature, FeatureExtractionMixin
 
+from .configuration_astromer import resolve_bundled_name
 from .errors import AstromerError, LightCurveValidationError
 
 __all__ = [
+    "BAND_ALIASES",
+    "MAX_ABS_MAGNITUDE",
+    "MAX_TIME_SPAN",
     "AstromerError",
     "AstromerFeatureExtractor",
+    "CleanedBatch",
     "CleanedLightCurve",
     "CleanedLightCurves",
     "CleaningReport",
     "LightCurveValidationError",
+    "RejectedLightCurve",
     "centre_windows",
     "clean_light_curves",
     "pad_windows",
@@ -84,6 +97,16 @@ _FIELD_ALIASES: dict[str, tuple[str, ...]] = {
     "mag": MAGNITUDE_ALIASES,
     "err": ERROR_ALIASES,
 }
+
+#: Column names taken as the band (filter) of each observation, case-insensitive (ZTF calls it ``fid`` or
+#: ``filtercode``, LSST ``band``, Gaia ``band``, ATLAS ``filter``).
+BAND_ALIASES: tuple[str, ...] = ("band", "filter", "passband", "fid", "filtercode")
+
+#: Largest accepted |magnitude| (after cleaning). Real magnitudes lie far inside it; values beyond it make the
+#: model's float32 activations overflow (a single 1e30 gives an all-NaN embedding; 3.4e38 overflows float32 itself).
+MAX_ABS_MAGNITUDE = 100.0
+#: Largest accepted time span of one curve, in days (274 years): a larger span means times are not in days.
+MAX_TIME_SPAN = 100_000.0
 
 SAMPLING_MODES = ("sequential", "random")
 DUPLICATE_TIME_MODES = ("keep", "drop", "raise")
@@ -187,6 +210,20 @@ class CleanedLightCurves:
         """Curve ``i`` (views of the flat arrays) with its report."""
         begin, end = int(self.offsets[i]), int(self.offsets[i + 1])
         return CleanedLightCurve(self.time[begin:end], self.mag[begin:end], self.err[begin:end], self.report(i))
+
+    def subset(self, curves: Any) -> CleanedLightCurves:
+        """The curves at the `(k,)` positions ``curves`` (in that order), with their rows and counts."""
+        curves = np.asarray(curves, dtype=np.int64)
+        offsets = self.offsets
+        rows = window_rows(offsets, curves, np.zeros_like(curves), int(self.lengths.max(initial=0)))[0]
+        per_curve = {
+            name: getattr(self, name)[curves]
+            for name in (
+                "lengths", "n_input", "n_nonfinite_time", "n_nonfinite_magnitude", "n_nonfinite_error",
+                "n_error_out_of_range", "n_duplicate_times_dropped", "n_duplicate_times", "was_sorted",
+            )
+        }
+        return CleanedLightCurves(time=self.time[rows], mag=self.mag[rows], err=self.err[rows], **per_curve)
 
 
 def _curve_label(index: int | None, curve_id: Any) -> str:
@@ -466,11 +503,16 @@ def _is_torch_tensor(value: Any) -> bool:
     return type(value).__module__.startswith("torch") and hasattr(value, "detach")
 
 
-def _resolve_columns(names: Sequence[str], label: str, index: int | None, curve_id: Any) -> dict[str, str]:
-    """Map ``time``/``mag``/``err`` to the caller's column names (case-insensitive aliases)."""
+def _lowered(names: Sequence[str]) -> dict[str, list[str]]:
     lowered: dict[str, list[str]] = {}
     for name in names:
         lowered.setdefault(str(name).lower(), []).append(name)
+    return lowered
+
+
+def _resolve_columns(names: Sequence[str], label: str, index: int | None, curve_id: Any) -> dict[str, str]:
+    """Map ``time``/``mag``/``err`` to the caller's column names (case-insensitive aliases)."""
+    lowered = _lowered(names)
     resolved: dict[str, str] = {}
     for canonical, aliases in _FIELD_ALIASES.items():
         hits = [orig for alias in aliases for orig in lowered.get(alias, [])]
@@ -493,17 +535,58 @@ def _resolve_columns(names: Sequence[str], label: str, index: int | None, curve_
     return resolved
 
 
+def _find_band_column(
+    names: Sequence[str], band_column: str | None, label: str, index: int | None, curve_id: Any
+) -> str | None:
+    """The band column: ``band_column`` when given (it must exist), else the one alias of
+    :data:`BAND_ALIASES` present (case-insensitive), else None."""
+    if band_column is not None:
+        if band_column in names:
+            return band_column
+        raise LightCurveValidationError(
+            f"{label}: no band column {band_column!r}; found columns {list(map(str, names))}",
+            curve_index=index,
+            curve_id=curve_id,
+            field="band",
+        )
+    lowered = _lowered(names)
+    hits = [orig for alias in BAND_ALIASES for orig in lowered.get(alias, [])]
+    if len(hits) > 1:
+        raise LightCurveValidationError(
+            f"{label}: several band columns {hits}; name the one to use with band_column=",
+            curve_index=index,
+            curve_id=curve_id,
+            field="band",
+        )
+    return hits[0] if hits else None
+
+
+def _refuse_half_precision_times(dtype: Any, label: str, index: int | None, curve_id: Any) -> None:
+    if dtype == np.float16:
+        raise LightCurveValidationError(
+            f"{label}: the times are stored as float16, which rounds a date near MJD 50,000 to steps of 32 days; "
+            "store times as float64",
+            curve_index=index,
+            curve_id=curve_id,
+            field="time",
+        )
+
+
 def _as_float64_column(values: Any, label: str, name: str, index: int | None, curve_id: Any) -> np.ndarray:
     """One numeric column as a float64 ndarray (masked / missing values become NaN)."""
     if _is_torch_tensor(values):
         values = values.detach().cpu().numpy()
     if hasattr(values, "to_numpy") and not isinstance(values, np.ndarray):  # pandas Series / extension arrays
         dtype = getattr(values, "dtype", None)
+        if name == "time" and dtype == np.float16:
+            _refuse_half_precision_times(dtype, label, index, curve_id)
         if dtype is not None and getattr(dtype, "kind", "O") in "biuf":
             values = values.to_numpy(dtype=np.float64, na_value=np.nan)
         else:
             values = values.to_numpy()
     if isinstance(values, np.ma.MaskedArray):  # astropy MaskedColumn and numpy masked arrays
+        if name == "time":
+            _refuse_half_precision_times(values.dtype, label, index, curve_id)
         if values.dtype.kind in "biuf":
             values = values.astype(np.float64).filled(np.nan)
         else:
@@ -517,6 +600,8 @@ def _as_float64_column(values: Any, label: str, name: str, index: int | None, cu
             curve_id=curve_id,
             field=name,
         ) from exc
+    if name == "time":
+        _refuse_half_precision_times(array.dtype, label, index, curve_id)
     kind = array.dtype.kind
     if kind == "O":
         if any(isinstance(v, (str, bytes)) for v in array.flat):
@@ -551,30 +636,100 @@ def _as_float64_column(values: Any, label: str, name: str, index: int | None, cu
     return array.astype(np.float64, copy=False)
 
 
+def _band_text(value: Any) -> str | None:
+    """One band value as text (``1`` and ``1.0`` both give ``"1"``); None when missing."""
+    if value is None or type(value).__name__ == "NAType":
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, (float, np.floating)):
+        if value != value:  # NaN
+            return None
+        return str(int(value)) if float(value).is_integer() else str(value)
+    if isinstance(value, np.generic):
+        value = value.item()
+    return str(value)
+
+
+def _band_labels(
+    values: Any, n_rows: int, column: str, label: str, index: int | None, curve_id: Any
+) -> np.ndarray:
+    """`(n_rows,)` the band of every row as text; a scalar band applies to every row."""
+    if _is_torch_tensor(values):
+        values = values.detach().cpu().numpy()
+    if hasattr(values, "to_numpy") and not isinstance(values, np.ndarray):
+        values = values.to_numpy()
+    if isinstance(values, np.ma.MaskedArray):
+        values = values.astype(object).filled(None)
+    array = np.asarray(values, dtype=object) if not isinstance(values, np.ndarray) else values
+    if array.ndim == 0:
+        array = np.full(n_rows, array.item(), dtype=object)
+    if array.ndim != 1 or array.shape[0] != n_rows:
+        raise LightCurveValidationError(
+            f"{label}: the band column {column!r} must hold one value per observation ({n_rows}), got shape "
+            f"{array.shape}",
+            curve_index=index,
+            curve_id=curve_id,
+            field="band",
+        )
+    if array.dtype.kind in "iuUS":
+        return array.astype(str)
+    texts = [_band_text(v) for v in array.tolist()]
+    missing = sum(t is None for t in texts)
+    if missing:
+        raise LightCurveValidationError(
+            f"{label}: {missing} observation(s) have no value in the band column {column!r}",
+            curve_index=index,
+            curve_id=curve_id,
+            field="band",
+        )
+    return np.asarray(texts, dtype=str) if texts else np.zeros(0, dtype=str)
+
+
+@dataclass
+class _ParsedLightCurve:
+    """``time``/``mag``/``err`` float64 `(L,)` (not yet cleaned) and, when the input has a band column, the
+    `(L,)` band of each row as text."""
+
+    time: np.ndarray
+    mag: np.ndarray
+    err: np.ndarray
+    band: np.ndarray | None = None
+    band_column: str | None = None
+
+
 def _parse_light_curve(
-    curve: Any, index: int | None, curve_id: Any
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return ``(time, mag, err)`` float64 1-D arrays of equal length (not yet cleaned)."""
+    curve: Any, index: int | None, curve_id: Any, band_column: str | None = None
+) -> _ParsedLightCurve:
+    """Read one light curve in any accepted form (see the module docstring)."""
     label = _curve_label(index, curve_id)
     if _is_torch_tensor(curve):
         curve = curve.detach().cpu().numpy()
 
     columns: dict[str, Any] | None = None
+    names: list[str] | None = None
     if isinstance(curve, np.ndarray) and curve.dtype.names:  # structured / record array
-        names = _resolve_columns(curve.dtype.names, label, index, curve_id)
-        columns = {k: curve[v] for k, v in names.items()}
+        names = list(curve.dtype.names)
     elif isinstance(curve, Mapping):
-        names = _resolve_columns(list(curve.keys()), label, index, curve_id)
-        columns = {k: curve[v] for k, v in names.items()}
+        names = list(curve.keys())
     elif hasattr(curve, "colnames"):  # astropy Table (duck-typed)
-        names = _resolve_columns(list(curve.colnames), label, index, curve_id)
-        columns = {k: curve[v] for k, v in names.items()}
+        names = list(curve.colnames)
     elif (
         hasattr(curve, "columns") and hasattr(curve, "to_numpy") and hasattr(curve, "__getitem__")
     ):  # DataFrame
-        names = _resolve_columns(list(curve.columns), label, index, curve_id)
-        columns = {k: curve[v] for k, v in names.items()}
+        names = list(curve.columns)
+    if names is not None:
+        resolved = _resolve_columns(names, label, index, curve_id)
+        columns = {k: curve[v] for k, v in resolved.items()}
+    elif band_column is not None:
+        raise LightCurveValidationError(
+            f"{label}: band_column={band_column!r} needs a table with named columns, got {type(curve).__name__}",
+            curve_index=index,
+            curve_id=curve_id,
+            field="band",
+        )
 
+    band = found_band_column = None
     if columns is not None:
         arrays = [_as_float64_column(columns[k], label, k, index, curve_id) for k in ("time", "mag", "err")]
         for name, array in zip(("time", "mag", "err"), arrays):
@@ -594,6 +749,9 @@ def _parse_light_curve(
                 field="shape",
             )
         time, mag, err = arrays
+        found_band_column = _find_band_column(names, band_column, label, index, curve_id)
+        if found_band_column is not None:
+            band = _band_labels(curve[found_band_column], time.shape[0], found_band_column, label, index, curve_id)
     else:
         if isinstance(curve, (str, bytes)) or np.isscalar(curve) or curve is None:
             raise LightCurveValidationError(
@@ -619,6 +777,7 @@ def _parse_light_curve(
                 curve_id=curve_id,
                 field="shape",
             )
+        _refuse_half_precision_times(getattr(curve, "dtype", None), label, index, curve_id)
         time, mag, err = array[:, 0], array[:, 1], array[:, 2]
 
     if time.shape[0] == 0:
@@ -635,7 +794,7 @@ def _parse_light_curve(
             curve_id=curve_id,
             field="time",
         )
-    return time, mag, err
+    return _ParsedLightCurve(time, mag, err, band, found_band_column)
 
 
 def _split_batch(light_curves: Any) -> tuple[list[Any], bool]:
@@ -665,6 +824,87 @@ def _split_batch(light_curves: Any) -> tuple[list[Any], bool]:
     )
 
 
+def _id_list(ids: Any, n_curves: int, is_batch: bool) -> list[Any]:
+    if ids is None:
+        return [None] * n_curves
+    one = not is_batch and (isinstance(ids, (str, bytes)) or np.isscalar(ids))
+    id_list = [ids] if one else list(ids)
+    if len(id_list) != n_curves:
+        raise ValueError(f"got {len(id_list)} ids for {n_curves} light curves")
+    return id_list
+
+
+def _band_selection(bands: Any) -> tuple[tuple[str, ...] | None, bool]:
+    """``(bands as text, has_band_axis)``: a string selects one band (no band axis), a sequence gives a band axis."""
+    if bands is None:
+        return None, False
+    if isinstance(bands, (str, bytes, numbers.Number)):
+        return (_band_text(bands),), False
+    selected = tuple(_band_text(b) for b in bands)
+    if not selected or any(b is None or b == "" for b in selected):
+        raise ValueError(f"bands must be a band name or a non-empty sequence of band names, got {bands!r}")
+    if len(set(selected)) != len(selected):
+        raise ValueError(f"bands lists a band twice: {list(selected)}")
+    return selected, True
+
+
+@dataclass
+class RejectedLightCurve:
+    """A light curve (or one band of it) that :meth:`AstromerFeatureExtractor.clean_batch` refused, and why."""
+
+    curve_index: int
+    band: str | None
+    error: LightCurveValidationError
+
+
+@dataclass
+class CleanedBatch:
+    """What :meth:`AstromerFeatureExtractor.clean_batch` made of its input.
+
+    The *units* are the input light curves or, when bands are selected, the (light curve, band) pairs: curve after
+    curve, bands in the order requested.
+
+    Attributes:
+        cleaned: the accepted units' cleaned rows, back to back (:class:`CleanedLightCurves`).
+        curve_index: `(n_accepted,)` int64 input position of each accepted unit's light curve.
+        band_index: `(n_accepted,)` int64 position of each accepted unit's band in ``bands`` (0 without bands).
+        bands: the selected bands as text, or ``None``.
+        n_curves: number of input light curves.
+        rejected: the refused units, in input order.
+    """
+
+    cleaned: CleanedLightCurves
+    curve_index: np.ndarray
+    band_index: np.ndarray
+    bands: tuple[str, ...] | None
+    n_curves: int
+    rejected: list[RejectedLightCurve]
+
+    @property
+    def n_bands(self) -> int:
+        return 1 if self.bands is None else len(self.bands)
+
+    @property
+    def unit_index(self) -> np.ndarray:
+        """`(n_accepted,)` int64 ``curve_index * n_bands + band_index``."""
+        return self.curve_index * self.n_bands + self.band_index
+
+
+def _unit_label(index: int, curve_id: Any, band: str | None) -> str:
+    label = _curve_label(index, curve_id)
+    return label if band is None else f"{label}, band {band!r}"
+
+
+def _relabel(error: LightCurveValidationError, old: str, new: str, index: int, curve_id: Any
+             ) -> LightCurveValidationError:
+    """``error`` with its leading label ``old`` replaced by ``new`` and the curve's own position and id."""
+    message = str(error)
+    if message.startswith(old):
+        message = new + message[len(old):]
+    return LightCurveValidationError(message, curve_index=index, curve_id=curve_id, field=error.field,
+                                     source=error.source)
+
+
 class AstromerFeatureExtractor(FeatureExtractionMixin):
     r"""Turns raw light curves into Astromer model inputs (centred, padded windows).
 
@@ -681,6 +921,19 @@ class AstromerFeatureExtractor(FeatureExtractionMixin):
             each repeated time; ``"raise"``: raise :class:`LightCurveValidationError`.
         sort_times (`bool`, defaults to `True`): repair unsorted input with a stable sort by time; when False an
             unsorted curve raises.
+        band_column (`str`, *optional*): the column holding each observation's band or filter; by default one of
+            :data:`BAND_ALIASES` (``band``, ``filter``, ``passband``, ``fid``, ``filtercode``; case-insensitive)
+            is used when present.
+        max_abs_magnitude (`float`, defaults to 100.0): a kept magnitude must lie in ``[-max_abs_magnitude,
+            max_abs_magnitude]``; a curve with one outside is refused (magnitudes of 1e30 make the model's float32
+            activations overflow to NaN, and 3.4e38 overflows float32 itself).
+        max_time_span (`float`, defaults to 100000.0): the kept observations of a curve must span at most this many
+            days (274 years); a larger span means the times are not in days (e.g. seconds).
+
+    **Bands.** Astromer embeds one band at a time. A curve with a band column holding more than one band is refused
+    unless ``bands`` is given at call time: ``bands="r"`` keeps the ``r`` rows of every curve, ``bands=["g", "r"]``
+    makes each (curve, band) pair a light curve of its own, curve after curve, bands in the order given (a band
+    axis). A curve without a requested band is refused, naming the curve and the band.
 
     Calling it returns a [`BatchFeature`] with, for ``n_windows`` windows of width ``W = window_size``:
 
@@ -688,14 +941,26 @@ class AstromerFeatureExtractor(FeatureExtractionMixin):
     - ``times`` `(n_windows, W)` float32: times (days) minus the window mean;
     - ``errors`` `(n_windows, W)` float32: the original, un-centred uncertainties;
     - ``attention_mask`` `(n_windows, W)` int64: 1 = real observation, 0 = padding;
-    - ``light_curve_index`` `(n_windows,)` int64: input curve of each window (see :func:`pool_windows`);
+    - ``light_curve_index`` `(n_windows,)` int64: input curve of each window (see :func:`pool_windows`); with a
+      band list of ``k`` bands, the (curve, band) pair ``k * curve + band position``;
+    - ``band_index`` `(n_windows,)` int64 (with a band list only): position of the window's band in ``bands``;
     - ``window_start`` `(n_windows,)` int64: index of the window's first point in the cleaned curve;
     - ``time_offset``, ``magnitude_offset`` `(n_windows,)` float64: the subtracted window means;
-    - with ``return_cleaning_report=True`` also ``n_dropped`` `(n_curves,)` int64 (rows removed per curve) and
-      ``n_observations`` `(n_curves,)` int64 (rows kept).
+    - with ``return_cleaning_report=True`` also ``n_dropped`` `(n_units,)` int64 (rows removed per curve, or per
+      (curve, band)) and ``n_observations`` `(n_units,)` int64 (rows kept).
+
+    With ``padding=False`` the windows are not padded: ``magnitudes``, ``times`` and ``errors`` are the real
+    observations of every window laid back to back, `(total_observations,)`, ``window_length`` `(n_windows,)` gives
+    the number of each window, and there is no ``attention_mask`` (the layout that packed models take, see
+    ``modeling_astromer.packing``).
     """
 
     model_input_names: ClassVar[list[str]] = ["magnitudes", "times", "attention_mask"]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> "AstromerFeatureExtractor":
+        """As [`FeatureExtractionMixin.from_pretrained`]; a bundled model name (`"astromer1-macho"`) loads its folder."""
+        return super().from_pretrained(resolve_bundled_name(pretrained_model_name_or_path), *args, **kwargs)
 
     def __init__(
         self,
@@ -707,6 +972,9 @@ class AstromerFeatureExtractor(FeatureExtractionMixin):
         padding_side: str = "right",
         duplicate_times: str = "keep",
         sort_times: bool = True,
+        band_column: str | None = None,
+        max_abs_magnitude: float = MAX_ABS_MAGNITUDE,
+        max_time_span: float = MAX_TIME_SPAN,
         **kwargs: Any,
     ) -> None:
         if not isinstance(window_size, numbers.Integral) or window_size < 1:
@@ -715,11 +983,16 @@ class AstromerFeatureExtractor(FeatureExtractionMixin):
             raise ValueError(f"min_observations must be a positive integer, got {min_observations!r}")
         if not isinstance(max_error, numbers.Real) or not (max_error > 0):
             raise ValueError(f"max_error must be a positive number, got {max_error!r}")
+        for name, bound in (("max_abs_magnitude", max_abs_magnitude), ("max_time_span", max_time_span)):
+            if not isinstance(bound, numbers.Real) or not (0 < bound < np.finfo(np.float32).max):
+                raise ValueError(f"{name} must be a positive number below float32's maximum, got {bound!r}")
         _check_choice("sampling", sampling, SAMPLING_MODES)
         _check_choice("padding_side", padding_side, PADDING_SIDES)
         _check_choice("duplicate_times", duplicate_times, DUPLICATE_TIME_MODES)
         if not isinstance(padding_value, numbers.Real):
             raise TypeError(f"padding_value must be a number, got {padding_value!r}")
+        if band_column is not None and not isinstance(band_column, str):
+            raise TypeError(f"band_column must be a column name, got {band_column!r}")
         super().__init__(**kwargs)
         self.window_size = int(window_size)
         self.min_observations = int(min_observations)
@@ -729,6 +1002,9 @@ class AstromerFeatureExtractor(FeatureExtractionMixin):
         self.padding_side = padding_side
         self.duplicate_times = duplicate_times
         self.sort_times = bool(sort_times)
+        self.band_column = band_column
+        self.max_abs_magnitude = float(max_abs_magnitude)
+        self.max_time_span = float(max_time_span)
 
     # ------------------------------------------------------------------------------------------------ cleaning
     def clean(self, light_curve: Any, curve_id: Any = None) -> CleanedLightCurve:
@@ -737,31 +1013,202 @@ class AstromerFeatureExtractor(FeatureExtractionMixin):
         Returns:
             :class:`CleanedLightCurve` with float64 `(n_kept,)` arrays and a :class:`CleaningReport`.
         """
-        return self._clean_many([light_curve], [curve_id]).curve(0)
+        return self.clean_batch([light_curve], ids=[curve_id]).cleaned.curve(0)
 
-    def _clean_many(self, curves: list[Any], ids: list[Any]) -> CleanedLightCurves:
-        """Parse, validate and clean all curves at once; a curve left with too few rows raises."""
-        cleaned = clean_light_curves(
-            [_parse_light_curve(c, i, ids[i]) for i, c in enumerate(curves)],
-            max_error=self.max_error,
-            unsorted="sort" if self.sort_times else "raise",
-            duplicate_times=self.duplicate_times,
-            ids=ids,
-        )
-        short = np.flatnonzero(cleaned.lengths < self.min_observations)
-        if short.size:
-            first = int(short[0])
-            more = f"; {short.size - 1} other curve(s) are too short as well" if short.size > 1 else ""
+    def clean_batch(
+        self,
+        light_curves: Any,
+        ids: Sequence[Any] | None = None,
+        bands: Any = None,
+        band_column: str | None = None,
+        on_error: str = "raise",
+    ) -> CleanedBatch:
+        """Parse, validate, select bands and clean all curves at once.
+
+        Every unit (curve, or (curve, band) pair with ``bands``) must parse, hold its band, keep at least
+        ``min_observations`` rows after cleaning, and keep magnitudes and a time span within the bounds
+        (``max_abs_magnitude``, ``max_time_span``).
+
+        Args:
+            light_curves: one light curve or a list (see the module docstring for accepted formats).
+            ids: one identifier per light curve, used in error messages.
+            bands: ``None``, one band name, or a sequence of band names (see the class docstring).
+            band_column: overrides ``self.band_column`` for this call.
+            on_error: ``"raise"`` raises :class:`LightCurveValidationError` for the first refused unit;
+                ``"collect"`` keeps going and lists the refused units in ``rejected``.
+
+        Returns:
+            :class:`CleanedBatch`.
+        """
+        _check_choice("on_error", on_error, ("raise", "collect"))
+        curves, is_batch = _split_batch(light_curves)
+        id_list = _id_list(ids, len(curves), is_batch)
+        selected, _ = _band_selection(bands)
+        band_column = self.band_column if band_column is None else band_column
+        raising = on_error == "raise"
+        rejected: list[RejectedLightCurve] = []
+
+        def refuse(curve: int, band: str | None, error: LightCurveValidationError) -> None:
+            if raising:
+                raise error
+            rejected.append(RejectedLightCurve(curve, band, error))
+
+        columns: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        unit_curve: list[int] = []
+        unit_band: list[int] = []
+        for index, curve in enumerate(curves):
+            curve_id = id_list[index]
+            try:
+                parsed = _parse_light_curve(curve, index, curve_id, band_column)
+                selection = self._band_rows(parsed, selected, index, curve_id)
+            except LightCurveValidationError as error:
+                refuse(index, None, error)
+                continue
+            for band_position, rows in enumerate(selection):
+                if isinstance(rows, LightCurveValidationError):
+                    refuse(index, selected[band_position], rows)
+                    continue
+                columns.append((parsed.time[rows], parsed.mag[rows], parsed.err[rows]))
+                unit_curve.append(index)
+                unit_band.append(band_position)
+
+        cleaned = self._clean_units(columns, unit_curve, unit_band, selected, id_list, refuse)
+        unit_curve_array = np.asarray(unit_curve, dtype=np.int64)
+        unit_band_array = np.asarray(unit_band, dtype=np.int64)
+        keep = np.ones(len(cleaned), dtype=bool)
+        problems = self._unit_problems(cleaned, unit_curve_array, unit_band_array, selected, id_list)
+        for unit, error in problems:
+            keep[unit] = False
+            refuse(int(unit_curve_array[unit]), None if selected is None else selected[unit_band_array[unit]], error)
+        if not keep.all():
+            cleaned = cleaned.subset(np.flatnonzero(keep))
+            unit_curve_array, unit_band_array = unit_curve_array[keep], unit_band_array[keep]
+        rejected.sort(key=lambda r: (r.curve_index, -1 if r.band is None else selected.index(r.band)))
+        return CleanedBatch(cleaned, unit_curve_array, unit_band_array, selected, len(curves), rejected)
+
+    def _band_rows(
+        self, parsed: _ParsedLightCurve, selected: tuple[str, ...] | None, index: int, curve_id: Any
+    ) -> list[Any]:
+        """Per selected band, the rows of ``parsed`` in it (a slice for all rows) or the error of a missing band."""
+        label = _curve_label(index, curve_id)
+        if parsed.band is None:
+            if selected is None:
+                return [slice(None)]
             raise LightCurveValidationError(
-                f"{_curve_label(first, ids[first])}: only {int(cleaned.lengths[first])} valid observation(s) after "
-                f"cleaning, need at least min_observations={self.min_observations}; "
-                f"{cleaned.report(first).describe()} "
-                f"(kept rows need finite magnitude and error with 0 < err < {self.max_error}){more}",
-                curve_index=first,
-                curve_id=ids[first],
-                field="observations",
+                f"{label}: bands {list(selected)} were requested but the light curve has no band column (accepted "
+                f"names, case-insensitive: {list(BAND_ALIASES)}; or name it with band_column=)",
+                curve_index=index,
+                curve_id=curve_id,
+                field="band",
             )
-        return cleaned
+        present = np.unique(parsed.band)
+        if selected is None:
+            if present.size > 1:
+                raise LightCurveValidationError(
+                    f"{label}: holds {present.size} bands {present.tolist()} (column {parsed.band_column!r}); "
+                    "Astromer embeds one band at a time: choose them with bands=[...] (command line: --bands)",
+                    curve_index=index,
+                    curve_id=curve_id,
+                    field="band",
+                )
+            return [slice(None)]
+        rows: list[Any] = []
+        for band in selected:
+            in_band = np.flatnonzero(parsed.band == band)
+            if in_band.size:
+                rows.append(in_band)
+            else:
+                rows.append(LightCurveValidationError(
+                    f"{_unit_label(index, curve_id, band)}: no observation in band {band!r}; the light curve has "
+                    f"bands {present.tolist()}",
+                    curve_index=index,
+                    curve_id=curve_id,
+                    field="band",
+                ))
+        return rows
+
+    def _clean_units(self, columns, unit_curve, unit_band, selected, id_list, refuse) -> CleanedLightCurves:
+        """:func:`clean_light_curves` over the units; a unit it refuses (``sort_times=False`` or
+        ``duplicate_times="raise"``) is named by its curve and band, and left out when collecting."""
+        while True:
+            try:
+                return clean_light_curves(
+                    columns,
+                    max_error=self.max_error,
+                    unsorted="sort" if self.sort_times else "raise",
+                    duplicate_times=self.duplicate_times,
+                    ids=[id_list[c] for c in unit_curve],
+                )
+            except LightCurveValidationError as error:
+                unit = error.curve_index
+                curve, curve_id = unit_curve[unit], id_list[unit_curve[unit]]
+                band = None if selected is None else selected[unit_band[unit]]
+                refuse(curve, band, _relabel(error, _curve_label(unit, curve_id), _unit_label(curve, curve_id, band),
+                                             curve, curve_id))
+                for values in (columns, unit_curve, unit_band):
+                    del values[unit]
+
+    def _unit_problems(
+        self,
+        cleaned: CleanedLightCurves,
+        unit_curve: np.ndarray,
+        unit_band: np.ndarray,
+        selected: tuple[str, ...] | None,
+        id_list: list[Any],
+    ) -> list[tuple[int, LightCurveValidationError]]:
+        """The units with too few rows after cleaning, or with values outside the accepted ranges, with their
+        errors, in unit order."""
+
+        def label(unit: int) -> str:
+            band = None if selected is None else selected[int(unit_band[unit])]
+            return _unit_label(int(unit_curve[unit]), id_list[int(unit_curve[unit])], band)
+
+        def error(unit: int, message: str, field: str) -> LightCurveValidationError:
+            curve = int(unit_curve[unit])
+            return LightCurveValidationError(message, curve_index=curve, curve_id=id_list[curve], field=field)
+
+        problems: dict[int, LightCurveValidationError] = {}
+        short = np.flatnonzero(cleaned.lengths < self.min_observations)
+        for rank, unit in enumerate(short.tolist()):
+            more = ""
+            if rank == 0 and short.size > 1:
+                more = f"; {short.size - 1} other curve(s) are too short as well"
+            problems[unit] = error(
+                unit,
+                f"{label(unit)}: only {int(cleaned.lengths[unit])} valid observation(s) after cleaning, need at "
+                f"least min_observations={self.min_observations}; {cleaned.report(unit).describe()} "
+                f"(kept rows need finite magnitude and error with 0 < err < {self.max_error}){more}",
+                "observations",
+            )
+
+        offsets = cleaned.offsets
+        filled = np.flatnonzero(cleaned.lengths > 0)
+        if filled.size:
+            starts = offsets[filled]
+            largest = np.maximum.reduceat(np.abs(cleaned.mag), starts)
+            span = np.maximum.reduceat(cleaned.time, starts) - np.minimum.reduceat(cleaned.time, starts)
+            for unit in filled[largest > self.max_abs_magnitude].tolist():
+                if unit in problems:
+                    continue
+                rows = slice(int(offsets[unit]), int(offsets[unit + 1]))
+                worst = int(np.argmax(np.abs(cleaned.mag[rows])))
+                problems[unit] = error(
+                    unit,
+                    f"{label(unit)}: magnitude {cleaned.mag[rows][worst]:.6g} (at time {float(cleaned.time[rows][worst])!r}) "
+                    f"is outside [-{self.max_abs_magnitude:g}, {self.max_abs_magnitude:g}]; magnitudes that large "
+                    "overflow the model's float32 arithmetic (the bound is max_abs_magnitude)",
+                    "mag",
+                )
+            for unit in filled[span > self.max_time_span].tolist():
+                if unit in problems:
+                    continue
+                problems[unit] = error(
+                    unit,
+                    f"{label(unit)}: the observations span {float(span[filled == unit][0]):.6g} days, more than "
+                    f"max_time_span={self.max_time_span:g}; times must be in days (MJD, JD), not seconds",
+                    "time",
+                )
+        return sorted(problems.items())
 
     # ------------------------------------------------------------------------------------------------- call
     def __call__(
@@ -772,6 +1219,9 @@ class AstromerFeatureExtractor(FeatureExtractionMixin):
         seed: int | np.random.Generator | None = None,
         ids: Sequence[Any] | None = None,
         return_cleaning_report: bool = False,
+        bands: Any = None,
+        band_column: str | None = None,
+        padding: bool | str = True,
         **kwargs: Any,
     ) -> BatchFeature:
         """Convert one light curve or a list of them into padded, centred windows.
@@ -782,45 +1232,69 @@ class AstromerFeatureExtractor(FeatureExtractionMixin):
             sampling: overrides ``self.sampling`` for this call.
             seed: seed (or a ``numpy.random.Generator``) for ``sampling="random"``.
             ids: one identifier per light curve, used in error messages.
-            return_cleaning_report: add ``n_dropped`` and ``n_observations`` per light curve.
+            return_cleaning_report: add ``n_dropped`` and ``n_observations`` per light curve (or (curve, band)).
+            bands: ``None``, a band name, or a list of band names (see the class docstring).
+            band_column: overrides ``self.band_column`` for this call.
+            padding: ``True``/``"max_length"`` pads every window to ``window_size``; ``False``/``"do_not_pad"``
+                returns the windows back to back with ``window_length`` (see the class docstring).
         """
         if kwargs:
             raise TypeError(f"unexpected arguments {sorted(kwargs)}")
+        if padding not in (True, False, "max_length", "do_not_pad"):
+            raise ValueError(f"padding must be True, False, 'max_length' or 'do_not_pad', got {padding!r}")
         sampling = self.sampling if sampling is None else sampling
         _check_choice("sampling", sampling, SAMPLING_MODES)
-        curves, is_batch = _split_batch(light_curves)
-        if ids is None:
-            id_list: list[Any] = [None] * len(curves)
-        else:
-            id_list = (
-                [ids] if (not is_batch and (isinstance(ids, (str, bytes)) or np.isscalar(ids))) else list(ids)
-            )
-            if len(id_list) != len(curves):
-                raise ValueError(f"got {len(id_list)} ids for {len(curves)} light curves")
-        cleaned = self._clean_many(curves, id_list)
-        curve_index, start = window_starts(cleaned.lengths, self.window_size, sampling, seed)
-        rows, n_real = window_rows(cleaned.offsets, curve_index, start, self.window_size)
+        _, band_axis = _band_selection(bands)
+        batch = self.clean_batch(light_curves, ids=ids, bands=bands, band_column=band_column)
+        data = self.window_features(batch, sampling=sampling, seed=seed, padding=padding in (True, "max_length"))
+        if not band_axis:
+            data.pop("band_index")
+        if return_cleaning_report:
+            data["n_dropped"] = batch.cleaned.n_input - batch.cleaned.lengths
+            data["n_observations"] = batch.cleaned.lengths.copy()
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    def window_features(
+        self,
+        batch: CleanedBatch,
+        sampling: str | None = None,
+        seed: int | np.random.Generator | None = None,
+        padding: bool = True,
+    ) -> dict[str, np.ndarray]:
+        """Window, centre and (with ``padding``) pad the accepted units of ``batch``.
+
+        Returns:
+            The arrays of :meth:`__call__` as NumPy arrays (with ``band_index`` always), where
+            ``light_curve_index`` is the unit index ``curve * n_bands + band`` of :class:`CleanedBatch`.
+        """
+        sampling = self.sampling if sampling is None else sampling
+        cleaned = batch.cleaned
+        accepted, start = window_starts(cleaned.lengths, self.window_size, sampling, seed)
+        rows, n_real = window_rows(cleaned.offsets, accepted, start, self.window_size)
         times, time_offset = centre_windows(cleaned.time[rows], n_real)
         magnitudes, magnitude_offset = centre_windows(cleaned.mag[rows], n_real)
         errors = cleaned.err[rows].astype(np.float32)
+        data: dict[str, np.ndarray] = {}
+        if padding:
+            def pad(values: np.ndarray) -> np.ndarray:
+                return pad_windows(values, n_real, self.window_size, self.padding_side, self.padding_value)
 
-        def pad(values: np.ndarray) -> np.ndarray:
-            return pad_windows(values, n_real, self.window_size, self.padding_side, self.padding_value)
-
-        data: dict[str, np.ndarray] = {
-            "magnitudes": pad(magnitudes),
-            "times": pad(times),
-            "errors": pad(errors),
-            "attention_mask": padding_mask(n_real, self.window_size, self.padding_side).astype(np.int64),
-            "light_curve_index": curve_index,
-            "window_start": start,
-            "time_offset": time_offset,
-            "magnitude_offset": magnitude_offset,
-        }
-        if return_cleaning_report:
-            data["n_dropped"] = cleaned.n_input - cleaned.lengths
-            data["n_observations"] = cleaned.lengths.copy()
-        return BatchFeature(data, tensor_type=return_tensors)
+            data.update(
+                magnitudes=pad(magnitudes),
+                times=pad(times),
+                errors=pad(errors),
+                attention_mask=padding_mask(n_real, self.window_size, self.padding_side).astype(np.int64),
+            )
+        else:
+            data.update(magnitudes=magnitudes, times=times, errors=errors, window_length=n_real)
+        data.update(
+            light_curve_index=batch.unit_index[accepted],
+            band_index=batch.band_index[accepted],
+            window_start=start,
+            time_offset=time_offset,
+            magnitude_offset=magnitude_offset,
+        )
+        return data
 
     # ------------------------------------------------------------------------------------------------ pooling
     @staticmethod

@@ -21,7 +21,7 @@ from transformers.utils import ModelOutput, TransformersKwargs, auto_docstring
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from .configuration_astromer import POOLING_MODES, AstromerConfig
+from .configuration_astromer import POOLING_MODES, AstromerConfig, resolve_bundled_name
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -398,6 +398,26 @@ class AstromerPreTrainedModel(PreTrainedModel):
     _can_record_outputs = {"hidden_states": AstromerLayer, "attentions": AstromerAttention}
     # Released checkpoints carry the pretraining head; the encoder and the classifier load them without it.
     _keys_to_ignore_on_load_unexpected = [r"^reconstruction_head\."]
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """As [`PreTrainedModel.from_pretrained`]; a bundled model name (`"astromer1-macho"`) loads its folder."""
+        return super().from_pretrained(resolve_bundled_name(pretrained_model_name_or_path), *args, **kwargs)
+
+    @property
+    def dummy_inputs(self) -> dict[str, torch.Tensor]:
+        """Two full windows of a seeded sinusoid: `magnitudes`, `times` and `attention_mask`, each `(2, window_size)`.
+
+        The inherited default is a batch of `input_ids`, which an Astromer model does not take.
+        """
+        length = self.config.window_size
+        times = torch.linspace(0.0, 100.0, length).repeat(2, 1)
+        magnitudes = 0.3 * torch.sin(2 * torch.pi * times / torch.tensor([[0.57], [13.2]]))
+        return {
+            "magnitudes": magnitudes - magnitudes.mean(dim=1, keepdim=True),
+            "times": times - times.mean(dim=1, keepdim=True),
+            "attention_mask": torch.ones(2, length, dtype=torch.long),
+        }
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)

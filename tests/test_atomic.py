@@ -31,7 +31,7 @@ def _dead_pid() -> int:
     return process.pid
 
 
-def test_written_files_and_folders_get_the_usual_permissions(tmp_path: Path) -> None:
+def test_issue14_item5_written_files_and_folders_get_the_usual_permissions(tmp_path: Path) -> None:
     write_json_atomic(tmp_path / "summary.json", {"a": 1})
     assert _mode(tmp_path / "summary.json") == default_mode() == 0o666 & ~_umask()
     with staging_folder(tmp_path / "model") as staging:
@@ -57,7 +57,7 @@ def test_a_failure_keeps_the_old_file_and_leaves_nothing(tmp_path: Path) -> None
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.txt"]
 
 
-def test_a_failure_removes_the_parent_folders_it_created(tmp_path: Path) -> None:
+def test_issue14_item5_a_failure_removes_the_parent_folders_it_created(tmp_path: Path) -> None:
     (tmp_path / "kept").mkdir()
     with pytest.raises(RuntimeError), atomic_file(tmp_path / "kept" / "new" / "deeper" / "out.parquet"):
         raise RuntimeError("writer failed")
@@ -84,7 +84,7 @@ def test_the_next_write_removes_temporaries_of_killed_runs(tmp_path: Path) -> No
     assert not stale_folder.exists()
 
 
-def test_killed_writer_leaves_a_temporary_that_the_next_run_removes(tmp_path: Path) -> None:
+def test_issue14_item5_killed_writer_leaves_a_temporary_that_the_next_run_removes(tmp_path: Path) -> None:
     script = (
         "import os, signal, sys\n"
         "from hub_datasets.atomic import atomic_file\n"
@@ -100,7 +100,7 @@ def test_killed_writer_leaves_a_temporary_that_the_next_run_removes(tmp_path: Pa
     assert [p.name for p in tmp_path.iterdir()] == ["embeddings.parquet"]
 
 
-def test_an_output_that_cannot_be_written_is_a_one_line_error(tmp_path: Path, capsys) -> None:
+def test_issue14_item5_an_output_that_cannot_be_written_is_a_one_line_error(tmp_path: Path, capsys) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     curve = tmp_path / "star.csv"

@@ -21,7 +21,7 @@ def _curves(names: list[str]) -> list[StoredCurve]:
     return curves
 
 
-def test_builders_share_no_cache(tmp_path: Path) -> None:
+def test_issue14_item6_builders_share_no_cache(tmp_path: Path) -> None:
     root = write_raw_layout(tmp_path / "raw", _curves(["RRab", "EC", "LPV WoodB"]))
     cache = tmp_path / "cache"
     builders = [cls(data_dir=str(root), cache_dir=str(cache)) for cls in (AlcockBuilder, AtlasBuilder, MachoBuilder)]

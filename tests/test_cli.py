@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -56,6 +57,11 @@ def curve_folder(tmp_path):
     return folder
 
 
+def _vectors(table):
+    """The `(n, D)` float32 embeddings of an 'astromer embed' table (one fixed-size list column)."""
+    return np.stack(table["embedding"].to_numpy()).astype(np.float32)
+
+
 def _run(argv, capsys):
     code = main([str(a) for a in argv])
     captured = capsys.readouterr()
@@ -71,15 +77,12 @@ def test_embed_folder_end_to_end(bundled, curve_folder, tmp_path, capsys):
     assert list(table["id"]) == ["star_c", "star_a", "star_b", "x1", "x2"]
     assert list(table["n_observations"]) == [37, 150, 420, 610, 90]
     assert list(table["n_windows"]) == [n // 200 + 1 for n in (37, 150, 420, 610, 90)]
-    embedding_columns = [c for c in table.columns if c.startswith("emb_")]
-    assert len(embedding_columns) == 256 and table[embedding_columns].dtypes.eq(np.float32).all()
+    assert pq.read_schema(output).field("embedding").type == pa.list_(pa.float32(), 256)
     # the numbers are the pipeline's, curve by curve
     pipe = load_pipeline(bundled)
     t, m, e = _curve(420, seed=ord("b"))
     expected = pipe({"time": t, "mag": m, "err": e})
-    np.testing.assert_allclose(
-        table.loc[2, embedding_columns].to_numpy(np.float32), expected, atol=1e-6, rtol=0
-    )
+    np.testing.assert_allclose(_vectors(table)[2], expected, atol=1e-6, rtol=0)
     info = json.loads(pq.read_schema(output).metadata[b"astromer"])
     assert info["pooling"] == "skip" and info["hidden_size"] == 256 and info["model"] == DEFAULT_MODEL
     assert not [p for p in output.parent.iterdir() if p.name.startswith(".")]  # no temporary left
@@ -92,8 +95,7 @@ def test_embed_pooling_and_label_column(bundled, curve_folder, tmp_path, capsys)
     assert _run(["embed", parquet, "-o", mean, "-q", "--pooling", "mean"], capsys)[0] == 0
     a, b = pd.read_parquet(skip), pd.read_parquet(mean)
     assert list(a["label"]) == ["class-x1", "class-x2"] and "label" not in b.columns
-    columns = [c for c in a.columns if c.startswith("emb_")]
-    assert np.abs(a[columns].to_numpy() - b[columns].to_numpy()).max() > 1e-3
+    assert np.abs(_vectors(a) - _vectors(b)).max() > 1e-3
 
 
 def test_embed_in_bf16_is_close_to_fp32_and_recorded(bundled, curve_folder, tmp_path, capsys):
@@ -102,10 +104,9 @@ def test_embed_in_bf16_is_close_to_fp32_and_recorded(bundled, curve_folder, tmp_
     code, _, err = _run(["embed", curve_folder, "-o", bf16, "-q", "--precision", "bf16"], capsys)
     assert code == 0, err
     a, b = pd.read_parquet(fp32), pd.read_parquet(bf16)
-    columns = [c for c in a.columns if c.startswith("emb_")]
-    assert list(a["id"]) == list(b["id"]) and b[columns].dtypes.eq(np.float32).all()
-    difference = np.abs(a[columns].to_numpy() - b[columns].to_numpy()).max()
-    assert 0 < difference < 0.05 * np.abs(a[columns].to_numpy()).max()
+    assert list(a["id"]) == list(b["id"]) and pq.read_schema(bf16).field("embedding").type.value_type == pa.float32()
+    difference = np.abs(_vectors(a) - _vectors(b)).max()
+    assert 0 < difference < 0.05 * np.abs(_vectors(a)).max()
     assert json.loads(pq.read_schema(bf16).metadata[b"astromer"])["precision"] == "bf16"
 
 

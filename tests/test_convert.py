@@ -630,7 +630,7 @@ def test_converted_a2_reproduces_tf_reconstruction(reference_dir: Path, tmp_path
 
 
 @pytest.mark.parametrize("leak", [True, False])
-def test_wrong_variant_is_refused_and_nothing_is_written(tmp_path: Path, leak: bool) -> None:
+def test_issue14_item2_wrong_variant_is_refused_and_nothing_is_written(tmp_path: Path, leak: bool) -> None:
     """A variant that contradicts the checkpoint's variable names is an error: converting an Astromer 1 checkpoint
     as Astromer 2 (or the reverse) used to write a model whose embeddings were 33-55 % off."""
     write_variables(tmp_path / "tf" / "weights", tiny_astromer_variables(np.random.default_rng(7), leak=leak))
@@ -652,7 +652,7 @@ def test_wrong_variant_against_the_training_configuration(tmp_path: Path) -> Non
         tf_state_dict(read_tf_checkpoint(tmp_path / "tf"), variant="astromer2")
 
 
-def test_wrong_variant_on_the_reference_checkpoints(reference_dir: Path, tmp_path: Path) -> None:
+def test_issue14_item2_wrong_variant_on_the_reference_checkpoints(reference_dir: Path, tmp_path: Path) -> None:
     for name, wrong in (("astromer1_macho_a0", "astromer2"), ("astromer2_tf_random", "astromer1")):
         with pytest.raises(CheckpointConversionError, match="contradicts the checkpoint"):
             convert_tf_checkpoint(reference_dir / name, tmp_path / name, variant=wrong)

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate launcher is not on PATH")
-def test_two_process_cpu_config_works_as_written(tmp_path: Path) -> None:
+def test_issue14_item7_two_process_cpu_config_works_as_written(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"} | {"OMP_NUM_THREADS": "1"}
     out = tmp_path / "run"
     command = [

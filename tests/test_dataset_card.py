@@ -22,7 +22,7 @@ def equal_classes():
         yield
 
 
-def test_card_has_a_default_config_the_repo_id_and_a_licence(tmp_path: Path, equal_classes) -> None:
+def test_issue14_item9_dataset_card_has_a_default_config_the_repo_id_and_a_licence(tmp_path: Path, equal_classes) -> None:
     out = tmp_path / "pub"
     assert publish_main(["--synthetic", "macho", *SMALL, "--out", str(out), "--repo-id", "me/lc", "--dry-run"]) == 0
     card = DatasetCard.load(out / "README.md")

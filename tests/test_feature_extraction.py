@@ -488,3 +488,112 @@ def test_real_macho_curves_match_reference_windows(reference_dir: Path) -> None:
     np.testing.assert_allclose(
         out["magnitudes"][real], ref["input"][real], rtol=0, atol=1e-5
     )  # TF centred in float32: 4e-6 seen
+
+
+# --------------------------------------------------------------------------------------------- bands and ranges
+def _two_band_frame(rng: np.random.Generator, n: int = 40) -> pd.DataFrame:
+    curve = make_curve(rng, 2 * n)
+    return pd.DataFrame({"MJD": curve[:, 0], "mag": curve[:, 1], "magerr": curve[:, 2], "Filter": ["g", "r"] * n})
+
+
+def test_mixed_bands_are_refused_unless_chosen() -> None:
+    frame = _two_band_frame(np.random.default_rng(20))
+    fe = AstromerFeatureExtractor()
+    with pytest.raises(LightCurveValidationError, match=r"light curve 1 \(id 'b'\): holds 2 bands \['g', 'r'\]") as info:
+        fe([frame[frame["Filter"] == "g"], frame], ids=["a", "b"])
+    assert info.value.field == "band" and info.value.curve_index == 1
+    r_rows = frame[frame["Filter"] == "r"]
+    out = fe(frame, bands="r", return_cleaning_report=True)
+    assert "band_index" not in out and out["n_observations"].tolist() == [len(r_rows)]
+    np.testing.assert_array_equal(out["magnitudes"], fe(r_rows.drop(columns="Filter"))["magnitudes"])
+    both = fe([frame, frame], bands=["r", "g"], return_cleaning_report=True)
+    assert both["light_curve_index"].tolist() == [0, 1, 2, 3] and both["band_index"].tolist() == [0, 1, 0, 1]
+    np.testing.assert_array_equal(both["magnitudes"][0], out["magnitudes"][0])
+    windows = fe.pool_windows(both["magnitudes"], both["light_curve_index"], n_curves=4).reshape(2, 2, -1)
+    assert windows.shape == (2, 2, W)  # curve axis, band axis
+
+
+def test_band_column_names_values_and_missing_bands() -> None:
+    rng = np.random.default_rng(21)
+    curve = make_curve(rng, 30)
+    ztf = {"mjd": curve[:, 0], "mag": curve[:, 1], "magerr": curve[:, 2], "fid": np.array([1, 2, 3] * 10)}
+    fe = AstromerFeatureExtractor()
+    assert fe(ztf, bands=[2, "3"], return_cleaning_report=True)["n_observations"].tolist() == [10, 10]
+    with pytest.raises(LightCurveValidationError, match=r"band '4': no observation in band '4'.*\['1', '2', '3'\]"):
+        fe(ztf, bands=["1", "4"])
+    renamed = {"time": curve[:, 0], "mag": curve[:, 1], "err": curve[:, 2], "survey_filter": ["x"] * 30}
+    assert fe(renamed, bands="x", band_column="survey_filter")["attention_mask"].sum() == 30
+    assert AstromerFeatureExtractor(band_column="survey_filter")(renamed, bands="x")["attention_mask"].sum() == 30
+    with pytest.raises(LightCurveValidationError, match="no band column 'colour'"):
+        fe(renamed, band_column="colour")
+    with pytest.raises(LightCurveValidationError, match="has no band column"):
+        fe(curve, bands="r")
+    scalar = {"time": curve[:, 0], "mag": curve[:, 1], "err": curve[:, 2], "band": "R"}  # one band for every row
+    assert fe(scalar, bands=["R"])["attention_mask"].sum() == 30
+    with pytest.raises(LightCurveValidationError, match="several band columns"):
+        fe({**scalar, "filter": "R"})
+    with pytest.raises(LightCurveValidationError, match="2 observation.*no value in the band column"):
+        fe({**scalar, "band": ["R"] * 28 + [None, np.nan]})
+    with pytest.raises(ValueError, match="twice"):
+        fe(scalar, bands=["R", "R"])
+
+
+def test_clean_batch_collects_refused_curves_and_keeps_the_rest() -> None:
+    rng = np.random.default_rng(22)
+    frame = _two_band_frame(rng)
+    short = make_curve(rng, 3)
+    batch = AstromerFeatureExtractor().clean_batch(
+        [frame, frame[frame["Filter"] == "r"], short, "not a curve"], ids=["ok", "no-g", "short", "junk"],
+        bands=["g", "r"], on_error="collect",
+    )
+    assert batch.curve_index.tolist() == [0, 0, 1] and batch.band_index.tolist() == [0, 1, 1]
+    assert [(r.curve_index, r.band, r.error.field) for r in batch.rejected] == [
+        (1, "g", "band"), (2, None, "band"), (3, None, "shape")
+    ]
+    assert batch.unit_index.tolist() == [0, 1, 3]
+
+
+def test_unpadded_windows_equal_the_padded_ones() -> None:
+    curves = [make_curve(np.random.default_rng(s), n) for s, n in ((1, 37), (2, 455))]
+    fe = AstromerFeatureExtractor()
+    padded, flat = fe(curves), fe(curves, padding=False)
+    assert "attention_mask" not in flat and flat["window_length"].tolist() == padded["attention_mask"].sum(1).tolist()
+    mask = padded["attention_mask"].astype(bool)
+    for key in ("magnitudes", "times", "errors"):
+        np.testing.assert_array_equal(flat[key], padded[key][mask])
+
+
+def test_issue14_item3_every_row_invalid_is_a_named_error() -> None:
+    t = 50_000 + np.arange(10.0)
+    fe = AstromerFeatureExtractor()
+    for errors in (np.full(10, np.nan), np.zeros(10, dtype=np.int64)):
+        with pytest.raises(LightCurveValidationError, match=r"light curve 1 \(id 'bad'\): only 0 valid") as info:
+            fe([make_curve(np.random.default_rng(3), 20), {"time": t, "mag": np.full(10, 15.0), "err": errors}],
+               ids=["good", "bad"])
+        assert info.value.field == "observations" and info.value.curve_index == 1
+
+
+@pytest.mark.parametrize("magnitude", [1e30, 3.5e38, 1e39, -1e30])
+def test_issue14_item4_magnitudes_that_overflow_are_named(magnitude: float) -> None:
+    curve = make_curve(np.random.default_rng(23), 30)
+    curve[4, 1] = magnitude
+    with pytest.raises(LightCurveValidationError, match=r"light curve 0 \(id 'x'\): magnitude .* outside") as info:
+        AstromerFeatureExtractor()(curve, ids="x")
+    assert info.value.field == "mag" and info.value.curve_id == "x"
+    if abs(magnitude) < 1e31:  # the bound is a setting
+        assert AstromerFeatureExtractor(max_abs_magnitude=1e31)(curve)["attention_mask"].sum() == 30
+
+
+def test_time_span_and_float16_times_are_refused() -> None:
+    curve = make_curve(np.random.default_rng(24), 30)
+    seconds = curve.copy()
+    seconds[:, 0] = (seconds[:, 0] - 40_587) * 86_400  # unix seconds
+    with pytest.raises(LightCurveValidationError, match="span .* days, more than max_time_span") as info:
+        AstromerFeatureExtractor()(seconds)
+    assert info.value.field == "time"
+    half = pd.DataFrame({"time": curve[:, 0].astype(np.float16), "mag": curve[:, 1], "err": curve[:, 2]})
+    for form in (half, curve.astype(np.float16), {"time": torch.from_numpy(curve[:, 0]).half(), "mag": curve[:, 1],
+                                                   "err": curve[:, 2]}):
+        with pytest.raises(LightCurveValidationError, match="float16") as info:
+            AstromerFeatureExtractor()(form)
+        assert info.value.field == "time"

@@ -32,7 +32,7 @@ def small_split(rrlyrae, tmp_path_factory) -> Path:
     return folder
 
 
-def test_item10_evaluate_metrics_module_is_loaded_by_path_and_used():
+def test_issue14_item10_evaluate_metrics_module_is_loaded_by_path_and_used():
     """Issue 14, item 10: the classification metrics are a local `evaluate` module loaded by path (offline), equal
     to scikit-learn, and the fine-tuning and evaluation code score through it."""
     import evaluate
@@ -56,7 +56,7 @@ def test_item10_evaluate_metrics_module_is_loaded_by_path_and_used():
     assert finetuning.load_metric is load_metric
 
 
-def test_item11_finetune_cli_takes_training_arguments_and_leaves_no_trainer_folder(small_split, tmp_path, capsys):
+def test_issue14_item11_finetune_cli_takes_training_arguments_and_leaves_no_trainer_folder(small_split, tmp_path, capsys):
     """Issue 14, item 11: TrainingArguments options work on the fine-tuning command line as in the Hugging Face
     example scripts, and a run leaves no empty trainer/ folder nor epoch checkpoints behind."""
     from astromer_train import finetune
@@ -92,7 +92,7 @@ def test_item11_finetune_cli_takes_training_arguments_and_leaves_no_trainer_fold
                    if "train_runtime" not in entry)  # --logging_strategy no reached the Trainer
 
 
-def test_item12_deepspeed_config_does_not_clip_unless_asked():
+def test_issue14_item12_deepspeed_config_does_not_clip_unless_asked():
     """Issue 14, item 12: the DeepSpeed config clipped gradients at 1.0 while the script's default is no clipping.
     Accelerate fills an absent or 'auto' value with 1.0, so the config must say 0 (no clipping)."""
     config = yaml.safe_load((REPO / "train" / "configs" / "deepspeed_zero2.yaml").read_text())

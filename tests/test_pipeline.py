@@ -15,6 +15,7 @@ from transformers import pipeline
 from transformers.pipelines import PIPELINE_REGISTRY, FeatureExtractionPipeline
 
 from astromer_app.hub_layout import PACKAGE_DIR, write_hub_folder
+from astromer_kernels.registry import packed_attention_implementations
 from modeling_astromer import (
     AstromerConfig,
     AstromerFeatureExtractor,
@@ -23,6 +24,7 @@ from modeling_astromer import (
 )
 from modeling_astromer.feature_extraction_astromer import LightCurveValidationError
 from modeling_astromer.pipeline import PIPELINE_TASK, LightCurveFeatureExtractionPipeline, load_pipeline
+from modeling_astromer.pipeline_astromer import PACKED_ATTENTION_IMPLEMENTATIONS
 
 REPO_ID = "astromer/astromer-2"
 COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
@@ -153,7 +155,8 @@ def test_order_single_input_and_any_length(pipe):
     assert [d["n_windows"] for d in details] == [len(c) // 200 + 1 for c in curves]
     assert [d["n_observations"] for d in details] == [len(c) for c in curves]
     tensor = pipe(curves[0], return_tensors="pt")
-    assert isinstance(tensor, torch.Tensor) and torch.equal(tensor, torch.from_numpy(forward[0]))
+    assert isinstance(tensor, torch.Tensor) and torch.equal(tensor, torch.from_numpy(pipe(curves[0])))
+    np.testing.assert_allclose(tensor.numpy(), forward[0], atol=1e-6, rtol=0)
 
 
 class _TableLike:
@@ -188,8 +191,10 @@ def test_every_input_form_gives_the_same_embedding(pipe):
         "generator": (c for c in [curve, curve]),
         "dataset": datasets.Dataset.from_list(rows),
     }.items():
-        out = pipe(collection)
-        assert isinstance(out, list) and len(out) == 2, name
+        streamed = pipe(collection)
+        assert not isinstance(streamed, list), name  # an iterator, read as its results are consumed
+        out = list(streamed)
+        assert len(out) == 2, name
         np.testing.assert_allclose(
             np.stack(out), np.stack([expected, expected]), atol=1e-6, rtol=0, err_msg=name
         )
@@ -230,8 +235,8 @@ def test_package_route_from_fake_hub(offline):
         atol=TOLERANCE,
         rtol=0,
     )
-    helper = load_pipeline(REPO_ID)
-    np.testing.assert_array_equal(np.stack(helper(curves)), np.stack(registered(curves)))
+    helper = load_pipeline(REPO_ID)  # Astromer 2 on a CPU: astromer_blocked attention, equal to sdpa to rounding
+    np.testing.assert_allclose(np.stack(helper(curves)), np.stack(registered(curves)), atol=1e-6, rtol=0)
     # the text pipeline keeps the global task; only our own task name is registered
     text_impl = PIPELINE_REGISTRY.supported_tasks["feature-extraction"][
         "impl"
@@ -295,3 +300,110 @@ def test_pipeline_without_feature_extractor_is_refused():
     model = AstromerForMaskedReconstruction(AstromerConfig.astromer2(num_hidden_layers=1)).astromer
     with pytest.raises(ValueError, match="needs the Astromer feature extractor"):
         LightCurveFeatureExtractionPipeline(model=model)
+
+
+# ------------------------------------------------------------------------------------------- bands, outputs, input
+SDSS_FOLDER = ("data", "sdss_rrlyrae", "light-curves")
+
+
+def _sdss_file(shared_dir):
+    path = shared_dir.joinpath(*SDSS_FOLDER) / "1013184.csv"
+    if not path.is_file():
+        pytest.skip(f"{path} is not present")
+    return path
+
+
+def test_real_sdss_bands_are_refused_mixed_and_embedded_per_band(pipe, shared_dir):
+    frame = pd.read_csv(_sdss_file(shared_dir))
+    with pytest.raises(LightCurveValidationError, match=r"holds 5 bands \['g', 'i', 'r', 'u', 'z'\]") as info:
+        pipe(frame, ids="1013184")
+    assert info.value.field == "band" and info.value.curve_id == "1013184"
+    r_rows = frame[frame["band"] == "r"]
+    only_r = pipe(frame, bands="r", return_details=True)
+    assert only_r["n_observations"] == len(r_rows)
+    np.testing.assert_allclose(only_r["embedding"], pipe(r_rows.drop(columns="band")), atol=1e-6, rtol=0)
+    per_band = pipe([frame, frame], bands=["g", "r"], return_details=True)
+    assert len(per_band) == 2 and all(list(d) == ["g", "r"] for d in per_band)
+    assert per_band[0]["g"]["n_observations"] == int((frame["band"] == "g").sum())
+    np.testing.assert_allclose(per_band[1]["r"]["embedding"], only_r["embedding"], atol=1e-6, rtol=0)
+    g_rows = frame[frame["band"] == "g"].drop(columns="band")
+    np.testing.assert_allclose(per_band[0]["g"]["embedding"], pipe(g_rows), atol=1e-6, rtol=0)
+    with pytest.raises(LightCurveValidationError, match=r"light curve 1, band 'y': no observation in band 'y'"):
+        pipe([frame.assign(band="y"), frame], bands=["y"])
+
+
+def test_issue14_item3_every_row_invalid_is_a_named_error(pipe):
+    t = 50_000 + np.arange(12.0)
+    for errors in (np.full(12, np.nan), np.zeros(12, dtype=np.int64)):
+        with pytest.raises(LightCurveValidationError, match=r"light curve 1 \(id 'bad'\): only 0 valid") as info:
+            pipe([light_curves(lengths=(30,))[0], {"time": t, "mag": np.full(12, 15.0), "err": errors}],
+                 ids=["good", "bad"])
+        assert info.value.field == "observations" and info.value.curve_index == 1
+
+
+@pytest.mark.parametrize("magnitude", [1e30, 1e39])
+def test_issue14_item4_huge_magnitude_is_a_named_error_not_nan(pipe, magnitude):
+    curve = light_curves(lengths=(40,), seed=11)[0]
+    curve[7, 1] = magnitude
+    with pytest.raises(LightCurveValidationError, match=r"light curve 1 \(id 'huge'\): magnitude .* outside") as info:
+        pipe([light_curves(lengths=(30,))[0], curve], ids=["fine", "huge"])
+    assert info.value.field == "mag"
+
+
+def test_issue14_item12_return_tensors_true_gives_tensors(pipe):
+    curves = light_curves(lengths=(30, 250), seed=12)
+    tensors = pipe(curves, return_tensors=True)
+    assert all(isinstance(t, torch.Tensor) for t in tensors)
+    np.testing.assert_array_equal(torch.stack(tensors).numpy(), np.stack(pipe(curves, return_tensors=False)))
+
+
+def test_issue14_item12_pooling_none_gives_per_window_hidden_states(released, pipe):
+    _, _, model = released
+    curves = light_curves(lengths=(37, 455), seed=13)
+    out = pipe(curves, pooling=None, return_details=True, batch_size=3)
+    features = AstromerFeatureExtractor()(curves, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model.astromer(features["magnitudes"], features["times"], features["attention_mask"]).last_hidden_state
+    mask = features["attention_mask"].bool()
+    hidden[~mask] = 0
+    index = features["light_curve_index"]
+    for i, details in enumerate(out):
+        assert details["hidden_states"].shape == (int((index == i).sum()), 200, model.config.hidden_size)
+        np.testing.assert_array_equal(details["attention_mask"], features["attention_mask"][index == i].numpy())
+        np.testing.assert_array_equal(details["window_start"], features["window_start"][index == i].numpy())
+        np.testing.assert_allclose(details["hidden_states"], hidden[index == i].numpy(), atol=1e-5, rtol=0)
+    bare = pipe(curves[0], pooling=None)
+    assert isinstance(bare, np.ndarray) and bare.shape == (1, 200, model.config.hidden_size)
+
+
+def test_issue14_item12_generator_input_is_streamed(pipe):
+    curves = light_curves(lengths=(30, 40, 50, 60, 70, 80), seed=14)
+    pulled = []
+
+    def generate():
+        for curve in curves:
+            pulled.append(len(pulled))
+            yield curve
+
+    results = pipe(generate(), batch_size=2, ids=(f"star-{i}" for i in range(len(curves))))
+    assert len(pulled) <= 1  # transformers peeks at the first item of a generator; nothing more is read yet
+    first = next(iter(results))
+    assert 0 < len(pulled) < len(curves)
+    np.testing.assert_allclose(first, pipe(curves[0]), atol=1e-6, rtol=0)
+    assert len(list(results)) == len(curves) - 1 and len(pulled) == len(curves)
+
+
+def test_packed_pipeline_equals_padded(released, pipe):
+    """Astromer 2 packed back to back (astromer_blocked, chosen by load_pipeline on a CPU) equals the padded path."""
+    _, folder, _ = released
+    packed = load_pipeline(folder, batch_size=8)
+    assert packed.model.config._attn_implementation == "astromer_blocked"
+    curves = light_curves(lengths=(12, 450, 199, 201, 90, 640, 33, 57), seed=15)
+    np.testing.assert_allclose(np.stack(packed(curves)), np.stack(pipe(curves, batch_size=8)), atol=1e-5, rtol=0)
+    for a, b in zip(packed(curves[:3], pooling=None), pipe(curves[:3], pooling=None, batch_size=8)):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)  # per-observation states unpacked to their windows
+    assert load_pipeline(folder, attn_implementation=None).model.config._attn_implementation == "sdpa"
+
+
+def test_pipeline_knows_every_packing_attention_implementation():
+    assert set(PACKED_ATTENTION_IMPLEMENTATIONS) == set(packed_attention_implementations())

@@ -313,7 +313,7 @@ def test_evaluation_table_formats(tmp_path):
         evaluation_table({"a": [1, 2]})
 
 
-def test_model_card_of_the_bundled_weights_carries_their_provenance(tmp_path):
+def test_issue14_item9_model_card_of_the_bundled_weights_carries_their_provenance(tmp_path):
     """The card keeps where the bundled Astromer 1 weights came from, and its notes are Astromer 1's."""
     out = build_release_folder(bundled_model_path("astromer1-macho"), tmp_path / "a1", "astromer/astromer-1")
     card = ModelCard.load(out / "README.md")
@@ -331,7 +331,7 @@ def test_model_card_of_the_bundled_weights_carries_their_provenance(tmp_path):
     assert "A54" in text and (out / "LICENSE").is_file()
 
 
-def test_model_card_licence_base_model_and_datasets(trained_folder, tmp_path):
+def test_issue14_item9_model_card_licence_base_model_and_datasets(trained_folder, tmp_path):
     source, _ = trained_folder
     with pytest.raises(ReleaseError, match="licence is unknown"):
         build_release_folder(source, tmp_path / "none", REPO_ID)

@@ -332,7 +332,7 @@ def test_callbacks_see_every_step_and_precision_stays_per_process(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
-def test_validation_at_the_end_of_an_epoch_sees_every_window(tmp_path):
+def test_issue14_item1_validation_at_the_end_of_an_epoch_sees_every_window(tmp_path):
     """Validation that runs on the last batch of a training epoch covers all validation windows (gathering after
     the validation loop used to apply the training loader's remainder and drop some of them)."""
     from astromer_train import PretrainingConfig, run_pretraining
