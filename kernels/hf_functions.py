@@ -172,7 +172,12 @@ def astromer_varlen_attention_forward(
     if cu_seq_lens_q is not None:
         bias = _packed_key_bias(_VARLEN, attention_mask, key_bias, dropout, batch, length)
         cu = cu_seq_lens_q.to(torch.int32)
-        max_len = int(max_length_q) if max_length_q is not None else int((cu[1:] - cu[:-1]).max())
+        if max_length_q is not None:
+            max_len = int(max_length_q)
+        elif torch.compiler.is_compiling():
+            max_len = length  # a valid bound that does not read the data
+        else:
+            max_len = int((cu[1:] - cu[:-1]).max())
         out = varlen_attention(*(_packed_tokens(t) for t in (query, key, value)), cu, max_len, key_bias=bias,
                                softmax_scale=scaling)
         return out.unsqueeze(0), None

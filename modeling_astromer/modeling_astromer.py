@@ -61,6 +61,14 @@ def packed_segment_ids(cu_seqlens: torch.Tensor, total_tokens: int) -> torch.Ten
     )
 
 
+def packed_max_seqlen(cu_seqlens: torch.Tensor, total_tokens: int) -> int:
+    """The longest packed sequence of `cu_seqlens` `(n+1,)`; inside a compiled graph, the bound `total_tokens`
+    instead (reading the value would tie the graph to the data; any bound is valid for the attention functions)."""
+    if torch.compiler.is_compiling():
+        return total_tokens
+    return int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+
+
 def within_packed_sequence(cu_seqlens: torch.Tensor, total_tokens: int) -> Callable:
     """Mask function (transformers' `(batch_idx, head_idx, q_idx, kv_idx) -> bool` convention) that lets a query
     attend only to the keys of its own packed sequence."""
@@ -529,7 +537,7 @@ class AstromerModel(AstromerPreTrainedModel):
             return create_bidirectional_mask(self.config, embeddings, key_visible), {}
 
         if max_seqlen is None:
-            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+            max_seqlen = packed_max_seqlen(cu_seqlens, embeddings.shape[1])
         mask = create_bidirectional_mask(
             self.config, embeddings, key_visible,
             and_mask_function=within_packed_sequence(cu_seqlens, embeddings.shape[1]),
@@ -568,7 +576,8 @@ class AstromerModel(AstromerPreTrainedModel):
             (`cu_seq_lens_q`) attend within each window directly, eager and sdpa get a dense block-diagonal mask
             (O(T^2) memory). Not available for Astromer 1.
         max_seqlen (`int`, *optional*):
-            Longest window in a packed batch (computed from `cu_seqlens` when omitted).
+            Longest window in a packed batch, or a bound on it (computed from `cu_seqlens` when omitted; under
+            `torch.compile` the total number of tokens is taken instead, so give the window size for speed).
         """
         magnitudes, times, attention_mask = _window_inputs(magnitudes, times, attention_mask)
         mask_positions = _squeeze_channel(mask_positions, "mask_positions")

@@ -203,6 +203,52 @@ def test_varlen_finite_bias_hidden_sequence_and_tail_tokens():
         torch.testing.assert_close(got, ref, **tol)
 
 
+# --------------------------------------------------------------------------------------------- torch.compile
+def _compiled_and_eager(run, inputs, grad_seed=3):
+    """Output and q/k/v gradients of ``run`` compiled (fullgraph, aot_eager) and eager."""
+    torch._dynamo.reset()
+    results = []
+    for function in (torch.compile(run, fullgraph=True, backend="aot_eager"), run):
+        ins = [t.clone().requires_grad_(True) for t in inputs]
+        out = function(*ins)
+        grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(grad_seed), dtype=out.dtype)
+        results.append((out.detach(), *torch.autograd.grad(out, ins, grad_out)))
+    torch._dynamo.reset()
+    return results
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("budget", ["kept", "recomputed"])
+def test_compiled_graph_runs_the_custom_ops_with_the_eager_results(monkeypatch, packed, budget):
+    """Under torch.compile both entry points run as opaque custom ops in one graph (fullgraph), with every window
+    kind: hidden keys, a window (sequence) without any visible key, empty sequences and tokens after the last."""
+    if budget == "recomputed":
+        monkeypatch.setattr(blocked, "KEPT_PROBABILITIES_BUDGET_BYTES", 0)
+    if packed:
+        q, k, v, cu, bias = packed_problem([40, 7, 0, 33, 5], seed=6, tail=3)
+        bias[47:80] = float("-inf")  # the 33-token sequence sees no key
+        run = lambda *ins: blocked_varlen_attention(*ins, cu, 40, key_bias=bias.float())  # noqa: E731
+    else:
+        q, k, v, bias, _ = padded_problem(mask="key", seed=8)
+        bias[2] = float("-inf")  # window 2 sees no key
+        run = lambda *ins: blocked_attention(*ins, key_bias=bias.float(), windows_per_block=2)  # noqa: E731
+    compiled, eager = _compiled_and_eager(run, [t.float() for t in (q, k, v)])
+    for got, expected in zip(compiled, eager):
+        assert torch.equal(got, expected)
+
+
+def test_custom_ops_pass_opcheck():
+    q, k, v, bias, _ = padded_problem(batch=3, length=11, mask="key", seed=1)
+    ins = [t.requires_grad_(True) for t in (q, k, v)]
+    for keep in (True, False):
+        torch.library.opcheck(torch.ops.astromer.blocked_attn_fwd, (*ins, bias.unsqueeze(1), 0.3, 2, keep))
+    q, k, v, cu, bias = packed_problem([5, 7, 0, 8], seed=2)
+    ins = [t.requires_grad_(True) for t in (q, k, v)]
+    for keep in (True, False):
+        for key_bias in (bias, None):
+            torch.library.opcheck(torch.ops.astromer.blocked_varlen_attn_fwd, (*ins, cu, key_bias, 0.3, keep))
+
+
 # --------------------------------------------------------------------------------------------- HF interface
 def test_hf_padded_mode_equals_sdpa_and_refuses_query_dependent_masks():
     gen = torch.Generator().manual_seed(2)

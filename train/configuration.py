@@ -42,6 +42,9 @@ ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "astromer_varlen", "astromer_block
 SURVEYS = ("macho", "atlas")
 WINDOW_SAMPLING = ("random", "sequential")
 MIXED_PRECISION = (None, "no", "fp16", "bf16")
+#: ``compile_mode`` values: auto is reduce-overhead (CUDA graphs) on one CUDA device without gradient accumulation,
+#: default elsewhere.
+COMPILE_MODES = ("auto", "default", "reduce-overhead")
 REPORT_TO = ("auto", "jsonl", "tensorboard", "all", "none")
 CLASS_PROPORTIONS = ("published", "uniform")
 #: Pretraining learning rates: the official one from scratch, and continued pretraining's (``init_from``).
@@ -97,8 +100,14 @@ class PretrainingConfig:
     the architecture comes from the checkpoint. ``learning_rate`` left ``None`` is the official 1e-3 from scratch
     and :data:`CONTINUED_LEARNING_RATE` with ``init_from`` (continued pretraining: 1e-3 quickly overfits a small
     survey, the paper's fine-tuning rate 1e-5 barely moves the weights). ``attn_implementation="auto"`` is sdpa for
-    padded batches and
-    astromer_varlen for packed ones (``packing``). ``resume`` is ``"latest"`` or a checkpoint folder.
+    padded batches and astromer_varlen for packed ones (``packing``). ``resume`` is ``"latest"`` or a checkpoint folder.
+
+    ``compile`` runs the training loss (forward and backward) as one ``torch.compile`` graph; with ``packing`` every
+    training batch is then padded to a fixed token budget, ``max_tokens`` tokens in ``max_sequences`` sequences, so
+    batches share one graph (by default a batch's mean number of tokens plus four standard deviations; the rare batch
+    with more is padded to a fallback budget that every batch fits, see
+    :func:`astromer_train.token_budgets.choose_token_budgets`). ``max_tokens`` also turns the budget on without
+    ``compile``.
     """
 
     output_dir: str
@@ -125,6 +134,11 @@ class PretrainingConfig:
     attn_implementation: str = AUTOMATIC_ATTENTION
     onednn_linears: bool = False
     packing: bool = False
+    # compilation
+    compile: bool = False
+    compile_mode: str = "auto"
+    max_tokens: int | None = None
+    max_sequences: int | None = None
     # optimisation
     learning_rate: float | None = None
     adam_beta1: float = 0.9
@@ -165,11 +179,12 @@ class PretrainingConfig:
         "max_grad_norm": positive_float, "batch_size": positive_int, "gradient_accumulation_steps": positive_int,
         "epochs": positive_int, "max_steps": positive_int, "eval_every": positive_int, "patience": positive_int,
         "save_every": positive_int, "save_total_limit": positive_int, "log_every": positive_int, "seed": any_int,
+        "max_tokens": positive_int, "max_sequences": positive_int,
     }  # fmt: skip
     CHOICES: ClassVar[dict[str, tuple]] = {
         "survey": SURVEYS, "windows": WINDOW_SAMPLING, "mixed_precision": MIXED_PRECISION, "report_to": REPORT_TO,
         "attn_implementation": (AUTOMATIC_ATTENTION, *ATTENTION_IMPLEMENTATIONS),
-        "mask_token": (None, True, False),
+        "mask_token": (None, True, False), "compile_mode": COMPILE_MODES,
     }  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -181,6 +196,7 @@ class PretrainingConfig:
         check_fields(self, self.RULES, self.CHOICES)
         self._check_data_source()
         self._check_model()
+        self._check_compilation()
         self._check_output()
         if self.report_to in ("tensorboard", "all") and importlib.util.find_spec("tensorboard") is None:
             raise UsageError("--report-to tensorboard needs the tensorboard package (pip install tensorboard)")
@@ -216,6 +232,22 @@ class PretrainingConfig:
             raise UsageError(f"--attn-implementation {self.attn_implementation} cannot attend within packed "
                              f"sequences; with --packing use {' or '.join(packed)} (or leave the automatic default)")
 
+    def _check_compilation(self) -> None:
+        if self.compile_mode != "auto" and not self.compile:
+            raise UsageError(f"--compile-mode {self.compile_mode} needs --compile")
+        if self.compile_mode == "reduce-overhead" and self.gradient_accumulation_steps > 1:
+            raise UsageError("--compile-mode reduce-overhead cannot accumulate gradients: each CUDA-graph replay "
+                             "overwrites the gradients of the one before; use --compile-mode default")
+        budget = [name for name in ("max_tokens", "max_sequences") if getattr(self, name) is not None]
+        if budget and not self.packing:
+            raise UsageError(f"{' and '.join(flag(name) for name in budget)}: the token budget applies to packed "
+                             "batches (--packing)")
+        if self.max_sequences is not None and self.max_tokens is None and not self.compile:
+            raise UsageError("--max-sequences needs --max-tokens (or --compile, which chooses the budget)")
+        if self.onednn_linears and self.compile:
+            raise UsageError("--onednn-linears and --compile exclude each other: the compiled graph makes its own "
+                             "linear layers")
+
     def _check_output(self) -> None:
         if self.resume is not None:
             if self.overwrite:
@@ -226,6 +258,12 @@ class PretrainingConfig:
                 raise UsageError(f"--resume: output folder {self.output_dir} does not exist (nothing to resume)")
         if self.eval_every is not None and self.save_every is not None and self.save_every % self.eval_every:
             logger.info("--save-every is not a multiple of --eval-every: a resume may re-run an evaluation")
+
+    @property
+    def token_budget_applies(self) -> bool:
+        """Whether training batches are packed to a fixed token budget (``packing`` with ``compile`` or
+        ``max_tokens``)."""
+        return self.packing and (self.compile or self.max_tokens is not None)
 
     @property
     def effective_attn_implementation(self) -> str:
@@ -431,6 +469,7 @@ __all__ = [
     "AUTOMATIC_ATTENTION",
     "BASELINES",
     "CLASSIFIERS",
+    "COMPILE_MODES",
     "EvaluationConfig",
     "FinetuningConfig",
     "FinetuningOptions",

@@ -328,6 +328,9 @@ class DeterministicMaskingCollator:
         probed_fraction, random_fraction, same_fraction, window_size: as ``AstromerMaskingCollator``.
         seed: base seed of every batch's generator.
         packed: return the packed batch (for the packed model path) instead of the padded one.
+        token_budgets: with ``packed``, ``(max_tokens, max_sequences)`` pairs: each batch is padded to the smallest
+            budget its windows fit (``AstromerPackingCollator(pad_to_budget=True)``), so batches take one of a few
+            static shapes (for a compiled model).
 
     Items are :class:`WindowDataset` items (unpadded windows). The probing works on their real observations;
     the result is then padded, giving the ``AstromerMaskingCollator`` batch (``magnitudes, labels, times, errors,
@@ -337,9 +340,12 @@ class DeterministicMaskingCollator:
     """
 
     def __init__(self, probed_fraction: float, random_fraction: float, same_fraction: float,
-                 window_size: int = 200, seed: int = 0, packed: bool = False) -> None:
+                 window_size: int = 200, seed: int = 0, packed: bool = False,
+                 token_budgets: Sequence[tuple[int, int]] = ()) -> None:
         self.masking = AstromerMaskingCollator(probed_fraction, random_fraction, same_fraction, window_size)
-        self.packing = AstromerPackingCollator(max_seqlen=window_size) if packed else None
+        budgeted = [AstromerPackingCollator(max_tokens=tokens, max_seqlen=window_size, pad_to_budget=True,
+                                            max_sequences=sequences) for tokens, sequences in sorted(token_budgets)]
+        self.packings = (budgeted or [AstromerPackingCollator(max_seqlen=window_size)]) if packed else []
         self.seed = int(seed)
 
     def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -348,9 +354,11 @@ class DeterministicMaskingCollator:
         windows = self.masking.ragged_windows([{k: item[k] for k in ("magnitudes", "times", "errors")}
                                                for item in items])
         probed = self.masking.probe(windows, rng)
-        if self.packing is None:
+        if not self.packings:
             return self.masking.pad(probed)
-        return self.packing.pack(self.masking.token_fields(probed), windows.lengths)
+        tokens = int(np.sum(windows.lengths))
+        packing = next((p for p in self.packings if p.max_tokens is None or tokens <= p.max_tokens), self.packings[-1])
+        return packing.pack(self.masking.token_fields(probed), windows.lengths)
 
 
 class PaddingCollator:

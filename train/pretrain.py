@@ -30,6 +30,7 @@ from astromer_train.cli_utils import (
 from astromer_train.configuration import (
     ATTENTION_IMPLEMENTATIONS,
     AUTOMATIC_ATTENTION,
+    COMPILE_MODES,
     MIXED_PRECISION,
     REPORT_TO,
     SURVEYS,
@@ -87,6 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="pack windows without padding (cu_seqlens); needs an attention implementation that "
                             "attends within packed sequences (astromer_varlen, the automatic choice, or "
                             "astromer_blocked)")
+
+    compiled = parser.add_argument_group("compilation")
+    compiled.add_argument("--compile", action="store_true",
+                          help="run the training loss (forward and backward) as one torch.compile graph; with "
+                               "--packing every training batch is padded to a fixed token budget (static shapes)")
+    compiled.add_argument("--compile-mode", choices=COMPILE_MODES, default="auto",
+                          help="auto: reduce-overhead (CUDA graphs) on one CUDA device without gradient accumulation, "
+                               "default elsewhere (CUDA graphs have not yet been run on a GPU: use default if they "
+                               "fail)")
+    compiled.add_argument("--max-tokens", type=positive_int, default=None,
+                          help="packed batches: tokens per training batch (default with --compile: the mean tokens "
+                               "of a batch plus 4 standard deviations; a batch with more is padded to a fallback "
+                               "budget that holds the --batch-size longest windows)")
+    compiled.add_argument("--max-sequences", type=positive_int, default=None,
+                          help="packed batches: sequences per training batch, windows plus budget padding (default: "
+                               "the most a batch of the data can need)")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--learning-rate", type=positive_float, default=None,

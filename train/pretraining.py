@@ -18,6 +18,11 @@
 5. **the final model and summary**: the best-validation ``AstromerForMaskedReconstruction`` and the feature
    extractor at the top of the run folder, and ``training_summary.json``.
 
+With ``compile`` the training loss runs as one compiled graph (:mod:`astromer_train.compiled_loss`; CUDA graphs
+on one CUDA device unless ``compile_mode="default"``), and packed training batches are padded to a fixed token
+budget (:mod:`astromer_train.token_budgets`) so that batches share their shapes. Validation stays eager, on unpadded
+batches.
+
 The masked magnitudes stay visible to their own query in the released Astromer 2 (no MASK token); ``mask_token=
 False`` reproduces that behaviour.
 """
@@ -51,6 +56,7 @@ from astromer_train.checkpoints import (
     save_model,
 )
 from astromer_train.cli_utils import UsageError, clear_output_dir, prepare_output_dir
+from astromer_train.compiled_loss import CompiledTrainingLoss, eager_training_loss
 from astromer_train.configuration import PretrainingConfig, PretrainingData
 from astromer_train.data import (
     CleanedCurves,
@@ -61,6 +67,7 @@ from astromer_train.data import (
     split_train_validation,
 )
 from astromer_train.reconstruction_metrics import evaluate_reconstruction
+from astromer_train.token_budgets import TokenBudget, choose_token_budgets, window_lengths
 from astromer_train.tracking import build_trackers
 from hub_datasets.atomic import write_json_atomic
 from modeling_astromer import AstromerConfig, AstromerFeatureExtractor, AstromerForMaskedReconstruction
@@ -138,19 +145,22 @@ def load_pretraining_data(config: PretrainingConfig, window_size: int) -> Pretra
     )
 
 
-def build_masking_collators(model_config: AstromerConfig, seed: int, packed: bool) -> tuple[Any, Any]:
+def build_masking_collators(model_config: AstromerConfig, seed: int, packed: bool,
+                            train_budgets: Sequence[TokenBudget] = ()) -> tuple[Any, Any]:
     """The training and validation collators: the official probing of ``model_config`` drawn from ``(seed, keys
     of the batch)`` for training and ``(seed + 1, keys)`` for validation, so the masks never depend on global RNG
     state or on the DataLoader worker. ``packed`` batches concatenate the windows without padding
-    (``cu_seqlens``); otherwise every window is padded to the window size."""
+    (``cu_seqlens``), the training ones padded to the first of ``train_budgets`` they fit when given; otherwise
+    every window is padded to the window size."""
     fractions = (model_config.probed_fraction, model_config.random_fraction, model_config.same_fraction)
 
-    def collator(collator_seed: int) -> DeterministicMaskingCollator:
+    def collator(collator_seed: int, budgets: Sequence[TokenBudget] = ()) -> DeterministicMaskingCollator:
         return DeterministicMaskingCollator(
-            *fractions, window_size=model_config.window_size, seed=collator_seed, packed=packed
+            *fractions, window_size=model_config.window_size, seed=collator_seed, packed=packed,
+            token_budgets=[(budget.max_tokens, budget.max_sequences) for budget in budgets],
         )
 
-    return collator(seed), collator(seed + 1)
+    return collator(seed, train_budgets), collator(seed + 1)
 
 
 @dataclass
@@ -161,6 +171,7 @@ class DataLoaders:
     validation: torch.utils.data.DataLoader
     train_sampler: EpochShuffleSampler
     n_train_windows: int
+    token_budgets: tuple[TokenBudget, ...] = ()
 
 
 def build_data_loaders(
@@ -169,7 +180,12 @@ def build_data_loaders(
     window_size = model_config.window_size
     train_windows = WindowDataset(data.train, config.windows, window_size, seed=config.seed)
     val_windows = WindowDataset(data.validation, config.windows, window_size, seed=config.seed + 1)
-    train_collator, val_collator = build_masking_collators(model_config, config.seed, config.packing)
+    budgets = (choose_token_budgets(window_lengths(train_windows), window_size, config.batch_size, config.max_tokens,
+                                    config.max_sequences) if config.token_budget_applies else ())
+    if budgets:
+        logger.info("packed training batches padded to %s", ", or ".join(
+            f"{b.max_tokens} tokens in {b.max_sequences} sequences" for b in budgets))
+    train_collator, val_collator = build_masking_collators(model_config, config.seed, config.packing, budgets)
     train_sampler = EpochShuffleSampler(len(train_windows), seed=config.seed, shuffle=True)
     loader_options = {"num_workers": config.num_workers, "pin_memory": accelerator.device.type == "cuda"}
     train = torch.utils.data.DataLoader(
@@ -181,7 +197,7 @@ def build_data_loaders(
         sampler=EpochShuffleSampler(len(val_windows), shuffle=False, fixed_epoch=0), collate_fn=val_collator,
         generator=torch.Generator().manual_seed(config.seed + 1), **loader_options,
     )
-    return DataLoaders(train, validation, train_sampler, len(train_windows))
+    return DataLoaders(train, validation, train_sampler, len(train_windows), budgets)
 
 
 # ------------------------------------------------------------------------------------------ 3. model and optimiser
@@ -233,6 +249,22 @@ def build_optimiser(
     return optimizer, scheduler, total_steps
 
 
+def build_training_loss(config: PretrainingConfig, accelerator: Accelerator, model) -> Any:
+    """``batch -> loss`` of the prepared model: compiled with ``config.compile`` (one graph in a single process;
+    CUDA graphs with ``compile_mode`` reduce-overhead, or auto on one CUDA device without gradient accumulation),
+    else the plain forward."""
+    if not config.compile:
+        return eager_training_loss(model)
+    single_process = accelerator.distributed_type == DistributedType.NO
+    on_cuda = accelerator.device.type == "cuda"
+    if config.compile_mode == "reduce-overhead" and not on_cuda:
+        raise UsageError(f"--compile-mode reduce-overhead replays CUDA graphs: it needs a CUDA device, not "
+                         f"{accelerator.device.type}")
+    cuda_graphs = config.compile_mode == "reduce-overhead" or (
+        config.compile_mode == "auto" and on_cuda and single_process and config.gradient_accumulation_steps == 1)
+    return CompiledTrainingLoss(model, fullgraph=single_process, cuda_graphs=cuda_graphs)
+
+
 # ------------------------------------------------------------------------------------------------------ 4. the loop
 class PretrainingLoop:
     """Optimizer steps over the prepared model and loaders, with validation, early stopping, the best model,
@@ -240,10 +272,11 @@ class PretrainingLoop:
 
     def __init__(self, config: PretrainingConfig, accelerator: Accelerator, model, optimizer, scheduler,
                  loaders: DataLoaders, output_dir: Path, total_steps: int,
-                 callbacks: Sequence[TrainingCallback] = ()) -> None:
+                 callbacks: Sequence[TrainingCallback] = (), training_loss: Any = None) -> None:
         self.config = config
         self.accelerator = accelerator
         self.model = model
+        self.training_loss = training_loss if training_loss is not None else eager_training_loss(model)
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.loaders = loaders
@@ -308,7 +341,7 @@ class PretrainingLoop:
     def _train_batch(self, batch: dict[str, torch.Tensor]) -> None:
         accelerator, config = self.accelerator, self.config
         with accelerator.accumulate(self.model):
-            loss = self.model(**batch).loss
+            loss = self.training_loss(batch)
             accelerator.backward(loss)
             if accelerator.sync_gradients and config.max_grad_norm:
                 accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
@@ -387,7 +420,8 @@ def finish_run(loop: PretrainingLoop, run_config: dict[str, Any], resume_from: P
     return summary
 
 
-def _run_config(config: PretrainingConfig, accelerator: Accelerator, model, data: PretrainingData) -> dict[str, Any]:
+def _run_config(config: PretrainingConfig, accelerator: Accelerator, model, data: PretrainingData,
+                loaders: DataLoaders) -> dict[str, Any]:
     """The settings and facts of the run, for the tracker's config record and the summary."""
     unwrapped = accelerator.unwrap_model(model)
     return {
@@ -401,6 +435,8 @@ def _run_config(config: PretrainingConfig, accelerator: Accelerator, model, data
         "n_parameters": sum(p.numel() for p in unwrapped.parameters()),
         "use_mask_token": unwrapped.config.use_mask_token,
         "onednn_linear_layers": sum(type(m).__name__ == "OneDnnLinear" for m in model.modules()),
+        "compiled": config.compile,
+        "token_budgets": [[budget.max_tokens, budget.max_sequences] for budget in loaders.token_budgets],
     }
 
 
@@ -432,8 +468,8 @@ def run_pretraining(
     )
 
     loop = PretrainingLoop(config, accelerator, model, optimizer, scheduler, loaders, output_dir, total_steps,
-                           callbacks)
-    run_config = _run_config(config, accelerator, model, data)
+                           callbacks, build_training_loss(config, accelerator, model))
+    run_config = _run_config(config, accelerator, model, data, loaders)
     accelerator.init_trackers(config.run_name, config={k: v for k, v in run_config.items()
                                                        if isinstance(v, (int, float, str, bool)) or v is None})
     if resume_from is not None:
@@ -455,6 +491,7 @@ __all__ = [
     "build_masking_collators",
     "build_model",
     "build_optimiser",
+    "build_training_loss",
     "load_pretraining_data",
     "run_pretraining",
 ]

@@ -52,6 +52,12 @@ class AttentionFallbackWarning(UserWarning):
     """The Triton varlen kernel cannot run on these tensors; another implementation of the same attention runs."""
 
 
+@torch.compiler.assume_constant_result
+def _triton_loaded() -> bool:
+    """Whether Triton imports (a constant of the process: a compiled graph takes the answer as traced)."""
+    return triton_varlen.load() is not None
+
+
 def kernel_available(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether :func:`varlen_attention` runs the Triton kernels (compiled or interpreted) for this device/dtype.
 
@@ -60,7 +66,7 @@ def kernel_available(device: torch.device, dtype: torch.dtype) -> bool:
         supported = device.type == "cpu" and dtype in _INTERPRETER_DTYPES
     else:
         supported = device.type == "cuda" and dtype in _KERNEL_DTYPES
-    return supported and triton_varlen.load() is not None
+    return supported and _triton_loaded()
 
 
 def _why_no_kernel(device: torch.device, dtype: torch.dtype) -> str:
