@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -52,9 +51,10 @@ from astromer_app.embedding import bf16_autocast
 from astromer_app.light_curve_files import iter_curve_slots
 from astromer_app.survey_embedding import EmbedOptions, load_embedder, run_embed
 from astromer_kernels.allocator import keep_freed_memory
+from astromer_kernels.host import host_info
 from modeling_astromer import AstromerConfig, AstromerFeatureExtractor, AstromerModel
 
-CPU_FLAGS = ("amx_tile", "amx_bf16", "avx512f", "avx512_bf16")
+CPU_FLAGS = ("amx_tile", "amx_bf16", "avx512f", "avx512_bf16")  # all among BF16_FLAGS
 CHILD = """
 import json, resource, sys, time
 from astromer_app.cli import main
@@ -66,16 +66,9 @@ print(json.dumps({"code": code, "seconds": time.perf_counter() - start,
 
 
 def host() -> dict:
-    model, flags = platform.processor() or "unknown", set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    return {"host": socket.gethostname(), "cpu": model, "logical_cpus": os.cpu_count(),
-            "flags": {flag: flag in flags for flag in CPU_FLAGS}, "torch": torch.__version__,
+    info = host_info()
+    return {"host": socket.gethostname(), "cpu": info.cpu_model, "logical_cpus": info.logical_cpus,
+            "flags": {flag: flag in info.flags for flag in CPU_FLAGS}, "torch": info.torch_version,
             "package": modeling_astromer.__version__, "threads": torch.get_num_threads(),
             "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "(unset)")}
 

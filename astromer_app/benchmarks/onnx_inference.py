@@ -33,7 +33,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import socket
 import statistics
 import sys
@@ -50,27 +49,21 @@ from astromer_app.onnx_export import CONVENTIONS, export_onnx
 from astromer_app.onnx_parity import synthetic_curves
 from astromer_kernels.allocator import keep_freed_memory
 from astromer_kernels.cpu_linear import use_onednn_linears
+from astromer_kernels.host import host_info
 from modeling_astromer import AstromerConfig, AstromerFeatureExtractor, AstromerModel, resolve_model
 
-CPU_FLAGS = ("amx_tile", "amx_bf16", "avx512f", "avx512_bf16", "avx512_vnni")
+CPU_FLAGS = ("amx_tile", "amx_bf16", "avx512f", "avx512_bf16")
 
 
 def host_description() -> dict:
     """Host name, CPU model, the bf16-relevant CPU flags present, logical CPUs."""
-    model, flags = platform.processor() or "unknown", set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
+    info = host_info()
     return {
         "host": socket.gethostname(),
-        "cpu": model,
-        "flags": [flag for flag in CPU_FLAGS if flag in flags],
-        "missing_flags": [flag for flag in CPU_FLAGS if flag not in flags],
-        "logical_cpus": os.cpu_count(),
+        "cpu": info.cpu_model,
+        "flags": [flag for flag in CPU_FLAGS if flag in info.flags],
+        "missing_flags": [flag for flag in CPU_FLAGS if flag not in info.flags],
+        "logical_cpus": info.logical_cpus,
     }
 
 

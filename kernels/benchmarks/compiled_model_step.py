@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,39 +36,20 @@ import torch
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     sys.exit("unset TRITON_INTERPRET: the interpreter is for tests, not timing")
 
-from length_mixes import MAX_LEN, window_lengths  # noqa: E402  (the file beside this script)
+from length_mixes import MAX_LEN, window_lengths, windows_for  # noqa: E402  (the file beside this script)
 
 from astromer_kernels.allocator import keep_freed_memory  # noqa: E402
+from astromer_kernels.host import host_info  # noqa: E402
 from astromer_train.compiled_loss import CompiledTrainingLoss, eager_training_loss  # noqa: E402
 from astromer_train.token_budgets import choose_token_budgets  # noqa: E402
 from modeling_astromer import AstromerConfig, AstromerForMaskedReconstruction, AstromerMaskingCollator  # noqa: E402
 from modeling_astromer.packing import AstromerPackingCollator  # noqa: E402
 
 
-def windows_for(lengths: list[int], gen: torch.Generator) -> list[dict]:
-    out = []
-    for length in lengths:
-        t = torch.sort(torch.rand(length, generator=gen, dtype=torch.float64) * 1000).values
-        m = torch.randn(length, generator=gen, dtype=torch.float64)
-        out.append({"magnitudes": (m - m.mean()).float(), "times": (t - t.mean()).float(),
-                    "errors": (0.01 + 0.1 * torch.rand(length, generator=gen)).float()})
-    return out
-
-
 def host_description() -> str:
     """CPU model, the bf16 matrix flags the kernels could use, and the load averages."""
-    model, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("Flags:"):
-                flags = set(line.split(":", 1)[1].split())
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    bf16 = [name for name in ("avx512_bf16", "amx_bf16", "amx_tile") if name in flags] or ["none"]
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
-    return f"host: {model}, {os.cpu_count()} CPUs, bf16 matrix flags: {' '.join(bf16)}; load average {load}"
+    return f"host: {host_info().describe()}; load average {load}"
 
 
 @dataclass

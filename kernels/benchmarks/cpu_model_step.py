@@ -25,21 +25,11 @@ import torch
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     sys.exit("unset TRITON_INTERPRET: the interpreter is for tests, not timing")
 
-from length_mixes import MAX_LEN, window_lengths  # noqa: E402  (the file beside this script)
+from length_mixes import MAX_LEN, window_lengths, windows_for  # noqa: E402  (the file beside this script)
 
 from astromer_kernels.allocator import keep_freed_memory  # noqa: E402
 from modeling_astromer import AstromerConfig, AstromerForMaskedReconstruction, AstromerMaskingCollator  # noqa: E402
 from modeling_astromer.packing import AstromerPackingCollator  # noqa: E402
-
-
-def windows_for(lengths: list[int], gen: torch.Generator) -> list[dict]:
-    out = []
-    for length in lengths:
-        t = torch.sort(torch.rand(length, generator=gen, dtype=torch.float64) * 1000).values
-        m = torch.randn(length, generator=gen, dtype=torch.float64)
-        out.append({"magnitudes": (m - m.mean()).float(), "times": (t - t.mean()).float(),
-                    "errors": (0.01 + 0.1 * torch.rand(length, generator=gen)).float()})
-    return out
 
 
 def time_steps(implementation: str, batch: dict, repeats: int, precision: str = "fp32") -> list[float]:

@@ -24,3 +24,15 @@ def window_lengths(mix: str, n: int, gen: torch.Generator) -> list[int]:
     if mix == "lognormal80":
         return torch.exp(math.log(80) + 0.8 * torch.randn(n, generator=gen)).round().clamp(5, MAX_LEN).int().tolist()
     raise ValueError(f"unknown length mix {mix!r}; known: {MIXES}")
+
+
+def windows_for(lengths: list[int], gen: torch.Generator) -> list[dict]:
+    """Synthetic centred windows of the given lengths (float32 magnitudes, times in days, errors), as the collators
+    take them."""
+    out = []
+    for length in lengths:
+        t = torch.sort(torch.rand(length, generator=gen, dtype=torch.float64) * 1000).values
+        m = torch.randn(length, generator=gen, dtype=torch.float64)
+        out.append({"magnitudes": (m - m.mean()).float(), "times": (t - t.mean()).float(),
+                    "errors": (0.01 + 0.1 * torch.rand(length, generator=gen)).float()})
+    return out
