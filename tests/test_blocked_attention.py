@@ -217,6 +217,7 @@ def _compiled_and_eager(run, inputs, grad_seed=3):
     return results
 
 
+@pytest.mark.compile_in_fresh_process
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("budget", ["kept", "recomputed"])
 def test_compiled_graph_runs_the_custom_ops_with_the_eager_results(monkeypatch, packed, budget):
@@ -237,6 +238,7 @@ def test_compiled_graph_runs_the_custom_ops_with_the_eager_results(monkeypatch, 
         assert torch.equal(got, expected)
 
 
+@pytest.mark.compile_in_fresh_process
 def test_custom_ops_pass_opcheck():
     q, k, v, bias, _ = padded_problem(batch=3, length=11, mask="key", seed=1)
     ins = [t.requires_grad_(True) for t in (q, k, v)]

@@ -79,6 +79,7 @@ def assert_same_step(compiled, eager) -> None:
                                    msg=lambda m, n=name: f"{n}: {m}")
 
 
+@pytest.mark.compile_in_fresh_process
 @pytest.mark.parametrize("implementation", ["astromer_blocked", pytest.param("astromer_varlen", marks=needs_kernel)])
 def test_packed_budget_step_is_one_graph_for_every_length_mix(implementation):
     model = tiny_model(implementation)
@@ -98,6 +99,7 @@ def test_packed_budget_step_is_one_graph_for_every_length_mix(implementation):
     assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons
 
 
+@pytest.mark.compile_in_fresh_process
 @pytest.mark.slow
 def test_inductor_step_equals_eager_step():
     model = tiny_model("astromer_blocked")
@@ -107,6 +109,7 @@ def test_inductor_step_equals_eager_step():
                          loss_and_gradients(model, eager_training_loss(model), batch))
 
 
+@pytest.mark.compile_in_fresh_process
 def test_padded_step_is_one_graph():
     """Without packing, padded batches of one width are static too."""
     model = tiny_model("sdpa")
@@ -157,6 +160,7 @@ def test_compile_options_are_checked(tmp_path, fields, message):
         PretrainingConfig(synthetic=10, output_dir=tmp_path, **fields)
 
 
+@pytest.mark.compile_in_fresh_process
 @pytest.mark.slow
 def test_pretraining_with_compile_equals_eager_pretraining(tmp_path, monkeypatch):
     """The compiled packed run trains on budget-padded batches and ends with the same weights as the eager packed
@@ -192,6 +196,7 @@ def test_pretraining_with_compile_equals_eager_pretraining(tmp_path, monkeypatch
         torch.testing.assert_close(weights["compiled"][name], tensor, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.compile_in_fresh_process
 @pytest.mark.slow
 def test_pretrain_command_with_compile_runs_end_to_end(tmp_path):
     """``astromer pretrain --compile --packing`` with the backend it uses (inductor) on a tiny synthetic run: every

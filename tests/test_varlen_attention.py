@@ -188,6 +188,7 @@ def test_opcheck_forward_and_backward_ops():
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
 
 
+@pytest.mark.compile_in_fresh_process
 @needs_kernel
 @pytest.mark.slow
 def test_torch_compile_fullgraph_forward_backward():
