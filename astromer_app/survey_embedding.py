@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object, parse_flag_from_env
@@ -274,13 +275,20 @@ def _embed_my_share(
             if len(chunk) == options.chunk_size:
                 if chunk_number not in done:
                     _embed_chunk(options, store, embedder, schema, chunk_number, chunk)
-                    release_freed_memory()
+                    _release_memory()
                 bar.update(len(chunk))
                 chunk, chunk_number = [], chunk_number + 1
         if chunk and chunk_number not in done:
             _embed_chunk(options, store, embedder, schema, chunk_number, chunk)
         bar.update(len(chunk))
     return n_curves
+
+
+def _release_memory() -> None:
+    """Between chunks, hand back what Arrow's pool and glibc's heap keep of the last chunk's buffers: their sizes
+    differ from chunk to chunk, and the kept pieces made the process grow with the number of curves."""
+    pa.default_memory_pool().release_unused()
+    release_freed_memory()
 
 
 def _embed_chunk(

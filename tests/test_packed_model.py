@@ -19,8 +19,10 @@ from modeling_astromer import (
     AstromerForMaskedReconstruction,
     AstromerForSequenceClassification,
     AstromerMaskingCollator,
+    AstromerModel,
 )
 from modeling_astromer.packing import AstromerPackingCollator, token_budget_batches
+from modeling_astromer.pipeline_astromer import packed_inference_inputs, packed_token_bucket
 
 needs_kernel = pytest.mark.skipif(not ops.kernel_available(torch.device("cpu"), torch.float32)
                                   and not torch.cuda.is_available(), reason="Triton kernel backend not available")
@@ -271,3 +273,31 @@ def test_token_budget_fillers_do_not_change_loss_or_r2():
         result = model(**{k: v for k, v in packed.items() if k not in ("errors", "sequence_index")})
     assert float(result.loss) == pytest.approx(float(reference.loss), rel=1e-5)
     assert float(result.r2) == pytest.approx(float(reference.r2), rel=1e-5)
+
+
+def test_packed_token_bucket_is_a_short_ladder_that_never_cuts():
+    """Inference batches on a CPU are padded to few token counts (bounded per-shape state), never truncated, and
+    by at most 15 % once a batch holds 1,000 tokens."""
+    counts = np.arange(1, 40_001)
+    buckets = np.array([packed_token_bucket(int(n)) for n in counts])
+    assert (buckets >= counts).all() and (buckets % 64 == 0).all()
+    assert (buckets[999:] / counts[999:]).max() <= 1.15
+    assert len(set(buckets.tolist())) <= 70
+
+
+@pytest.mark.parametrize("implementation", ["astromer_blocked", "eager"])
+def test_filler_windows_do_not_change_the_real_windows_embeddings(implementation):
+    """The all-zero filler windows that bring a packed batch to its bucket attend only among themselves: the real
+    windows' embeddings equal those of the unpadded packed batch."""
+    torch.manual_seed(0)
+    model = AstromerModel(AstromerConfig.astromer2(num_hidden_layers=2, attn_implementation=implementation)).eval()
+    lengths = torch.tensor([200, 37, 5, 120, 61])
+    magnitudes, times = torch.randn(int(lengths.sum())), torch.randn(int(lengths.sum())).cumsum(0) / 10
+    results = []
+    for bucket in (False, True):
+        inputs = packed_inference_inputs(magnitudes, times, lengths, bucket=bucket)
+        assert inputs["magnitudes"].shape[1] == (packed_token_bucket(423) if bucket else 423)
+        assert int(inputs["cu_seqlens"][-1]) == inputs["magnitudes"].shape[1] and inputs["max_seqlen"] == 200
+        with torch.no_grad():
+            results.append(model.embed(pooling="skip", **inputs)[: len(lengths)])
+    torch.testing.assert_close(results[1], results[0], rtol=1e-5, atol=1e-6)

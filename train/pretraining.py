@@ -255,6 +255,8 @@ def build_training_loss(config: PretrainingConfig, accelerator: Accelerator, mod
     else the plain forward."""
     if not config.compile:
         return eager_training_loss(model)
+    logger.warning("--compile is experimental: with torch 2.13, tracing the astromer:: attention ops has crashed "
+                   "the process (segmentation fault) intermittently; checkpoints let --resume continue such a run")
     single_process = accelerator.distributed_type == DistributedType.NO
     on_cuda = accelerator.device.type == "cuda"
     if config.compile_mode == "reduce-overhead" and not on_cuda:
