@@ -226,6 +226,22 @@ def _check_overrides(names: Sequence[str], columns: ColumnNames, path: Path) -> 
             raise InputError(f"{path}: no {name} column {column!r}; the file has columns {list(map(str, names))}")
 
 
+def _id_and_label_columns(
+    names: list[str], columns: ColumnNames, path: Path, empty: str
+) -> tuple[str | None, str | None]:
+    """The id column (named or detected; None when absent) and the label column of a table with ``names``.
+
+    Raises:
+        InputError: ``"{path}: {empty}"`` for a table without columns, or a named column that is missing.
+    """
+    if not names:
+        raise InputError(f"{path}: {empty}")
+    _check_overrides(names, columns, path)
+    id_name = _find_column(names, columns.id_column, ID_COLUMN_ALIASES, path, "id")
+    label_name = _find_column(names, columns.label_column, (), path, "label") if columns.label_column else None
+    return id_name, label_name
+
+
 def iter_curve_slots(inputs: Sequence[str | os.PathLike], columns: ColumnNames = ColumnNames()) -> Iterator[CurveSlot]:
     """Every light curve of ``inputs`` (files, folders, ``datasets`` folders), in order, read lazily.
 
@@ -239,11 +255,7 @@ def iter_curve_slots(inputs: Sequence[str | os.PathLike], columns: ColumnNames =
             continue
         try:
             names, nested = _column_names(path)
-            if not names:
-                raise InputError(f"{path}: the file holds no observations")
-            _check_overrides(names, columns, path)
-            id_name = _find_column(names, columns.id_column, ID_COLUMN_ALIASES, path, "id")
-            label_name = _find_column(names, columns.label_column, (), path, "label") if columns.label_column else None
+            id_name, label_name = _id_and_label_columns(names, columns, path, "the file holds no observations")
         except InputError as error:
             yield _failing_slot(path, error)
             continue
@@ -390,11 +402,7 @@ def _dataset_slots(path: Path, columns: ColumnNames) -> Iterator[CurveSlot]:
         return
     names = [] if first is None else first.schema.names
     try:
-        if not names:
-            raise InputError(f"{path}: the datasets folder holds no rows")
-        _check_overrides(names, columns, path)
-        id_name = _find_column(names, columns.id_column, ID_COLUMN_ALIASES, path, "id")
-        label_name = _find_column(names, columns.label_column, (), path, "label") if columns.label_column else None
+        id_name, label_name = _id_and_label_columns(names, columns, path, "the datasets folder holds no rows")
     except InputError as error:
         yield _failing_slot(path, error)
         return

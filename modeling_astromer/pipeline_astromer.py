@@ -97,7 +97,8 @@ def packed_inference_inputs(
     lengths = lengths.to(torch.int64)
     max_seqlen = int(lengths.max())
     if bucket:
-        missing = packed_token_bucket(int(lengths.sum())) - int(lengths.sum())
+        n_tokens = magnitudes.shape[0]
+        missing = packed_token_bucket(n_tokens) - n_tokens
         full, rest = divmod(missing, max_seqlen)
         fillers = torch.tensor([max_seqlen] * full + ([rest] if rest else []), dtype=torch.int64)
         lengths = torch.cat([lengths, fillers.to(lengths.device)])
